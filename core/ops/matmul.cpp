@@ -1,0 +1,82 @@
+// Device-agnostic entry point for matrix products, and the CPU reference (fp32
+// accumulation, fp64 for f64, i-k-j loop order over strided operands).
+#include "core/ops/matmul.h"
+
+#include "core/ops/dispatch.h"
+
+namespace rehyat::kernels {
+
+namespace {
+template <typename T>
+using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+bool inner_row_major(const Tensor& t) { return t.stride(-1) == 1 || t.size(-1) == 1; }
+bool inner_col_major(const Tensor& t) { return t.stride(-2) == 1 || t.size(-2) == 1; }
+
+// Batch dims must collapse to one stride (or be absent: broadcast).
+bool batch_collapsible(const Tensor& t) {
+  const int batch_dims = t.dim() - 2;
+  for (int d = 0; d + 1 < batch_dims; ++d)
+    if (t.size(d) != 1 && t.stride(d) != t.stride(d + 1) * t.size(d + 1)) return false;
+  return true;
+}
+
+// Makes an operand acceptable to the kernels: inner dims row- or column-major and
+// batch dims collapsible; copies only when needed.
+Tensor prepare_operand(const Tensor& t) {
+  if ((inner_row_major(t) || inner_col_major(t)) && batch_collapsible(t)) return t;
+  return t.detach().contiguous();
+}
+}  // namespace
+
+void matmul(Tensor& c, const Tensor& a_in, const Tensor& b_in, double alpha, double beta) {
+  check_same_device("matmul", c, {&a_in, &b_in});
+  check_same_dtype("matmul", c, {&a_in, &b_in});
+  REHYAT_CHECK(is_floating(c.dtype()), "matmul: needs floating tensors, got {}", c.str());
+  REHYAT_CHECK(a_in.dim() >= 2 && b_in.dim() >= 2 && c.dim() >= 2, "matmul: operands need 2+ dims ({} @ {} -> {})",
+               a_in.str(), b_in.str(), c.str());
+  REHYAT_CHECK(c.is_contiguous(), "matmul: output {} must be contiguous", c.str());
+  const int64_t m = a_in.size(-2), k = a_in.size(-1), n = b_in.size(-1);
+  REHYAT_CHECK(b_in.size(-2) == k && c.size(-2) == m && c.size(-1) == n, "matmul: shapes {} @ {} -> {} disagree",
+               a_in.str(), b_in.str(), c.str());
+  const Shape batch(c.shape().begin(), c.shape().end() - 2);
+  for (const Tensor* t : {&a_in, &b_in}) {
+    Shape tb(t->shape().begin(), t->shape().end() - 2);
+    REHYAT_CHECK(tb.empty() || tb == batch, "matmul: batch dims of {} must be absent or equal those of {}", t->str(),
+                 c.str());
+  }
+  Tensor a = prepare_operand(a_in), b = prepare_operand(b_in);
+  REHYAT_ROUTE_CUDA(c, cuda::matmul(c, a, b, alpha, beta));
+
+  const int64_t batches = shape_numel(batch);
+  auto batch_stride = [](const Tensor& t) { return t.dim() > 2 ? t.stride(-3) : 0; };
+  const int64_t sa = batch_stride(a), sb = batch_stride(b);
+  const int64_t a_r = a.stride(-2), a_c = a.stride(-1), b_r = b.stride(-2), b_c = b.stride(-1);
+  REHYAT_DISPATCH_FLOAT(c.dtype(), "matmul", {
+    using A = acc_t<scalar_t>;
+    const scalar_t* ap = a.data<scalar_t>();
+    const scalar_t* bp = b.data<scalar_t>();
+    scalar_t* cp = c.data<scalar_t>();
+    std::vector<A> row(static_cast<size_t>(n));
+    for (int64_t bi = 0; bi < batches; ++bi) {
+      const scalar_t* ab = ap + bi * sa;
+      const scalar_t* bb = bp + bi * sb;
+      scalar_t* cb = cp + bi * m * n;
+      for (int64_t i = 0; i < m; ++i) {
+        std::fill(row.begin(), row.end(), A(0));
+        for (int64_t p = 0; p < k; ++p) {
+          const A av = A(to_double(ab[i * a_r + p * a_c]));
+          const scalar_t* brow = bb + p * b_r;
+          for (int64_t j = 0; j < n; ++j) row[j] += av * A(to_double(brow[j * b_c]));
+        }
+        for (int64_t j = 0; j < n; ++j) {
+          A v = A(alpha) * row[j];
+          if (beta != 0.0) v += A(beta) * A(to_double(cb[i * n + j]));
+          cb[i * n + j] = from_double<scalar_t>(v);
+        }
+      }
+    }
+  });
+}
+
+}  // namespace rehyat::kernels

@@ -1,0 +1,16 @@
+// Matrix products through cuBLASLt (CUDA) or a plain loop (CPU).
+//   c[b] = alpha * a[b] @ b[b] + beta * c[b]
+// a: [..., m, k], b: [..., k, n], c: [..., m, n] contiguous. The batch dims of a and b
+// either match c's or are absent (broadcast). The two inner dims of a and b may be
+// row-major or column-major (a transposed view costs no copy: it becomes a cuBLAS
+// transpose flag); anything else is made contiguous first. bf16/f16 inputs accumulate
+// in fp32; f32 uses fp32 (no TF32); f64 only on the CPU.
+#pragma once
+
+#include "core/tensor.h"
+
+namespace rehyat::kernels {
+
+void matmul(Tensor& c, const Tensor& a, const Tensor& b, double alpha = 1.0, double beta = 0.0);
+
+}  // namespace rehyat::kernels

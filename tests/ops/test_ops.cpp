@@ -1,0 +1,139 @@
+// The op harness: every op in op_cases.h runs forward and backward on a target
+// (CPU or CUDA, f32/bf16/f16, contiguous or strided inputs) and is compared with the
+// CPU f64 reference on the same (dtype-rounded) random inputs and output gradient.
+// Allocations are guarded and poisoned (core/allocator.h): an overrun fails the test and
+// an unwritten output shows up as NaN. CUDA targets skip with a message without a GPU.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "autograd/graph.h"
+#include "core/allocator.h"
+#include "op_cases.h"
+
+namespace rehyat::testing {
+namespace {
+
+struct Target {
+  Device device;
+  DType dtype;
+  bool strided;
+};
+
+std::string target_name(const Target& t) {
+  return fmt::format("{}_{}{}", t.device.is_cpu() ? "cpu" : "cuda", dtype_name(t.dtype), t.strided ? "_strided" : "");
+}
+
+struct Tolerance {
+  double atol;  // relative to the largest |reference| element
+  double rtol;  // relative to each |reference| element
+};
+
+Tolerance tolerance_for(DType d, double scale) {
+  switch (d) {
+    case DType::F32: return {2e-5 * scale, 2e-5 * scale};
+    case DType::F16: return {4e-3 * scale, 4e-3 * scale};
+    case DType::BF16: return {2.5e-2 * scale, 2.5e-2 * scale};
+    default: return {1e-12, 1e-12};
+  }
+}
+
+// Same values, strides of the transposed layout (non-contiguous) when rank >= 2.
+Tensor make_strided(const Tensor& t) {
+  if (t.dim() < 2) return t;
+  return t.transpose(-1, -2).contiguous().transpose(-1, -2);
+}
+
+// Rounds f64 values through `dtype` so the reference sees exactly the target's inputs.
+Tensor round_through(const Tensor& t, DType dtype) { return t.to(dtype).to(DType::F64); }
+
+void expect_close(const std::string& what, const Tensor& got_t, const Tensor& ref_t, Tolerance tol) {
+  ASSERT_EQ(got_t.shape(), ref_t.shape()) << what;
+  std::vector<double> got = got_t.to_vector(), ref = ref_t.to_vector();
+  double max_ref = 0;
+  for (double r : ref) max_ref = std::max(max_ref, std::abs(r));
+  size_t bad = 0, first_bad = 0;
+  double worst = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    ASSERT_TRUE(std::isfinite(got[i])) << what << ": non-finite value " << got[i] << " at " << i
+                                       << " (reference " << ref[i] << ")";
+    double err = std::abs(got[i] - ref[i]);
+    double allowed = tol.atol * std::max(max_ref, 1e-3) + tol.rtol * std::abs(ref[i]);
+    if (err > allowed) {
+      if (bad++ == 0) first_bad = i;
+      worst = std::max(worst, err / allowed);
+    }
+  }
+  EXPECT_EQ(bad, 0u) << what << ": " << bad << " of " << got.size() << " elements out of tolerance; first at "
+                     << first_bad << " got " << got[first_bad] << " want " << ref[first_bad] << "; worst error "
+                     << worst << "x the allowed " << tol.atol << " (abs, of max " << max_ref << ") + " << tol.rtol
+                     << " (rel)";
+}
+
+class OpHarness : public ::testing::TestWithParam<std::tuple<int, int>> {};
+
+std::vector<Target> targets() {
+  std::vector<Target> t;
+  for (Device d : {Device::cpu(), Device::cuda(0)})
+    for (DType dt : {DType::F32, DType::BF16, DType::F16})
+      for (bool strided : {false, true}) t.push_back({d, dt, strided});
+  return t;
+}
+
+TEST_P(OpHarness, MatchesF64Reference) {
+  const auto [case_index, target_index] = GetParam();
+  const OpCase op = op_cases()[size_t(case_index)];
+  const Target target = targets()[size_t(target_index)];
+  if (target.device.is_cuda() && !cuda_available())
+    GTEST_SKIP() << "no CUDA device: " << op.name << " on " << target_name(target) << " not run";
+
+  set_debug_guards(true);
+  for (uint64_t trial = 0; trial < 2; ++trial) {
+    std::mt19937 rng(uint32_t(1000 * case_index + 10 * trial + 7));
+    std::vector<InputSpec> specs = op.inputs(rng, Size::Large);
+    std::vector<Tensor> masters = make_inputs(specs, 100 * uint64_t(case_index) + trial);
+
+    // Reference on the rounded inputs, in f64 on the CPU.
+    std::vector<Tensor> ref_in, dut_in;
+    for (size_t i = 0; i < masters.size(); ++i) {
+      const bool is_index = specs[i].kind == InputSpec::Index;
+      Tensor r = is_index ? masters[i] : round_through(masters[i], target.dtype);
+      if (specs[i].differentiable) r.set_requires_grad(true);
+      ref_in.push_back(r);
+      Tensor d = is_index ? masters[i] : masters[i].to(target.dtype);
+      d = d.to(target.device);
+      if (target.strided) d = make_strided(d);
+      if (specs[i].differentiable) d.set_requires_grad(true);
+      dut_in.push_back(d);
+    }
+    Tensor ref_out = op.fn(ref_in);
+    Tensor dut_out = op.fn(dut_in);
+    ASSERT_EQ(dut_out.dtype(), target.dtype) << op.name;
+    ASSERT_EQ(dut_out.device(), target.device) << op.name;
+    const Tolerance tol = tolerance_for(target.dtype, op.tolerance_scale);
+    expect_close(fmt::format("{} forward on {}", op.name, target_name(target)), dut_out, ref_out, tol);
+
+    Tensor grad_master = Tensor::randn(ref_out.shape(), 555 + trial, 0, DType::F64);
+    ref_out.backward(round_through(grad_master, target.dtype));
+    dut_out.backward(grad_master.to(target.dtype).to(target.device));
+    for (size_t i = 0; i < masters.size(); ++i) {
+      if (!specs[i].differentiable) continue;
+      ASSERT_TRUE(dut_in[i].grad().defined()) << op.name << " input " << i << " got no gradient";
+      expect_close(fmt::format("{} grad of input {} on {}", op.name, i, target_name(target)), dut_in[i].grad(),
+                   ref_in[i].grad(), {tol.atol * 2, tol.rtol * 2});
+    }
+  }
+  EXPECT_EQ(check_guards(), 0u) << "guard regions were overwritten while running " << op.name;
+  set_debug_guards(false);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    AllOps, OpHarness,
+    ::testing::Combine(::testing::Range(0, int(op_cases().size())), ::testing::Range(0, int(targets().size()))),
+    [](const ::testing::TestParamInfo<std::tuple<int, int>>& info) {
+      return op_cases()[size_t(std::get<0>(info.param))].name + "_" +
+             target_name(targets()[size_t(std::get<1>(info.param))]);
+    });
+
+}  // namespace
+}  // namespace rehyat::testing
