@@ -7,6 +7,7 @@
 #include <unordered_set>
 
 #include "autograd/ops.h"
+#include "core/nvtx.h"
 
 namespace rehyat {
 
@@ -76,6 +77,7 @@ void run_backward(const Tensor& root, const Tensor& grad_output, bool retain_gra
   }
   REHYAT_CHECK(seed.shape() == root.shape(), "backward(): gradient {} does not match {}", seed.str(), root.str());
 
+  REHYAT_NVTX_RANGE("backward");
   NoGradGuard no_grad;
   const auto& root_meta = root.autograd_meta();
   if (!root_meta->grad_fn) {  // a leaf

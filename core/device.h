@@ -2,6 +2,7 @@
 // a CPU-only build and on machines without a GPU, which is how GPU tests decide to skip.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 namespace rehyat {

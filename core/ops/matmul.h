@@ -4,7 +4,7 @@
 // either match c's or are absent (broadcast). The two inner dims of a and b may be
 // row-major or column-major (a transposed view costs no copy: it becomes a cuBLAS
 // transpose flag); anything else is made contiguous first. bf16/f16 inputs accumulate
-// in fp32; f32 uses fp32 (no TF32); f64 only on the CPU.
+// in fp32; f32 uses fp32 (no TF32); f64 uses cublasDgemmStridedBatched.
 #pragma once
 
 #include "core/tensor.h"

@@ -4,8 +4,9 @@
 // Forward saves mean/rstd [rows] for the backward: f32, except f64 for f64 tensors
 // (norm_stats_dtype). Statistics are computed in fp32 (fp64 for f64). weight/bias share
 // x's dtype.
-// Backward assigns dx (=) and assigns dweight/dbias (=) when given; the CUDA version
-// reduces dweight/dbias in two passes through an f32 scratch it asks the caller for.
+// Backward assigns dx (=) and assigns dweight/dbias (=) when given; the CUDA adapter
+// reduces dweight/dbias deterministically in two passes through a scratch buffer it takes
+// from the caching allocator (the kernels themselves never allocate).
 #pragma once
 
 #include "core/tensor.h"

@@ -109,3 +109,22 @@ TEST(Tensor, CudaRoundTrip) {
 
 }  // namespace
 }  // namespace rehyat
+
+#ifdef REHYAT_CUDA
+#include <cuda_runtime.h>
+
+namespace rehyat {
+namespace {
+TEST(CheckMacros, NameStatementFileAndLine) {
+  try {
+    CUDA_CHECK(cudaSetDevice(-1));
+    FAIL() << "expected an error";
+  } catch (const DeviceError& e) {
+    std::string msg = e.what();
+    EXPECT_NE(msg.find("cudaSetDevice(-1)"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("test_tensor.cpp:"), std::string::npos) << msg;
+  }
+}
+}  // namespace
+}  // namespace rehyat
+#endif
