@@ -1,0 +1,7 @@
+# File formats and the CLI: safetensors, configs and HDF5 helpers (test_io), and the
+# `rehyat` binary driven from Python against the reference safetensors/numpy readers
+# (cli_py). Included from tests/CMakeLists.txt, which defines rehyat_test().
+rehyat_test(test_io core/test_safetensors.cpp core/test_config.cpp data/test_hdf5_file.cpp)
+
+add_test(NAME cli_py COMMAND python3 -m pytest -q -p no:cacheprovider ${CMAKE_CURRENT_LIST_DIR}/tools/test_cli.py)
+set_tests_properties(cli_py PROPERTIES ENVIRONMENT "REHYAT_BIN=$<TARGET_FILE:rehyat_cli>;PYTHONDONTWRITEBYTECODE=1")

@@ -1,0 +1,17 @@
+// The `rehyat` CLI is a set of subcommands, each defined in its own file under tools/
+// and registered on the top-level app by main.cpp. A subcommand's callback does the
+// work and reports user errors by throwing rehyat::Error (main prints them).
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace rehyat::tools {
+
+// rehyat inspect FILE [--json] [--values N]: list the tensors of a safetensors or HDF5 file.
+void add_inspect_command(CLI::App& app);
+// rehyat example OUT [--seed N] [--force]: write a small checkpoint in every dtype.
+void add_example_command(CLI::App& app);
+// rehyat bench ...: op benchmarks (tools/bench_ops.cpp).
+void add_bench_command(CLI::App& app);
+
+}  // namespace rehyat::tools
