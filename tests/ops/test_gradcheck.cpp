@@ -13,6 +13,15 @@ namespace {
 
 class GradCheck : public ::testing::TestWithParam<int> {};
 
+// Indices of the cases whose gradients finite differences can resolve.
+std::vector<int> smooth_cases() {
+  std::vector<int> idx;
+  const auto cases = op_cases();
+  for (size_t i = 0; i < cases.size(); ++i)
+    if (cases[i].gradcheck) idx.push_back(int(i));
+  return idx;
+}
+
 double weighted_sum(const Tensor& out, const std::vector<double>& w) {
   std::vector<double> v = out.to_vector();
   double s = 0;
@@ -22,7 +31,6 @@ double weighted_sum(const Tensor& out, const std::vector<double>& w) {
 
 TEST_P(GradCheck, AnalyticMatchesFiniteDifferences) {
   const OpCase op = op_cases()[size_t(GetParam())];
-  if (!op.gradcheck) GTEST_SKIP() << op.name << " is not smooth enough for finite differences";
   for (uint64_t trial = 0; trial < 3; ++trial) {
     std::mt19937 rng(uint32_t(31 * GetParam() + trial));
     std::vector<InputSpec> specs = op.inputs(rng, Size::Small);
@@ -57,7 +65,7 @@ TEST_P(GradCheck, AnalyticMatchesFiniteDifferences) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(AllOps, GradCheck, ::testing::Range(0, int(op_cases().size())),
+INSTANTIATE_TEST_SUITE_P(AllOps, GradCheck, ::testing::ValuesIn(smooth_cases()),
                          [](const ::testing::TestParamInfo<int>& info) {
                            return op_cases()[size_t(info.param)].name;
                          });
