@@ -70,9 +70,7 @@ __global__ void __launch_bounds__(kRowThreads)
   const int lane = threadIdx.x % kWarpSize, vecs = cols / kVec;
   const Packed16* x_row = reinterpret_cast<const Packed16*>(x + row * cols);
   Packed16 xv[kVecsPerLane];  // vector lane + 32 i of the row
-#pragma unroll
-  for (int i = 0; i < kVecsPerLane; ++i)
-    if (lane + i * kWarpSize < vecs) xv[i] = x_row[lane + i * kWarpSize];
+  load_row_vectors(xv, x_row, lane, vecs);
 
   float center = 0.f;
   if constexpr (kNorm == Norm::Layer) {
@@ -212,14 +210,8 @@ __global__ void __launch_bounds__(kRowThreads)
     const Packed16* x_row = reinterpret_cast<const Packed16*>(x + row * cols);
     const Packed16* dy_row = reinterpret_cast<const Packed16*>(dy + row * cols);
     Packed16 xv[kVecsPerLane], dyv[kVecsPerLane];
-#pragma unroll
-    for (int i = 0; i < kVecsPerLane; ++i) {
-      const int j = lane + i * kWarpSize;
-      if (j < vecs) {
-        xv[i] = x_row[j];
-        dyv[i] = dy_row[j];
-      }
-    }
+    load_row_vectors(xv, x_row, lane, vecs);
+    load_row_vectors(dyv, dy_row, lane, vecs);
     const float center = kNorm == Norm::Layer ? mean[row] : 0.f;
     const float rs = rstd[row];
     float sum_g = 0.f, sum_gx = 0.f;

@@ -56,4 +56,14 @@ __device__ __forceinline__ Packed16 pack(const float (&v)[kPackedElems<T>]) {
   return p;
 }
 
+// Loads the 16-byte vectors of a row that one lane of a warp holds in registers
+// (vector lane + 32 i); entries past the row's `vecs` vectors are left unset.
+template <int kVecsPerLane>
+__device__ __forceinline__ void load_row_vectors(Packed16 (&held)[kVecsPerLane], const Packed16* row, int lane,
+                                                 int vecs) {
+#pragma unroll
+  for (int i = 0; i < kVecsPerLane; ++i)
+    if (lane + i * 32 < vecs) held[i] = row[lane + i * 32];
+}
+
 }  // namespace rehyat::kernels::cuda

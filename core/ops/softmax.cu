@@ -80,9 +80,7 @@ __global__ void __launch_bounds__(kRowThreads)
   const int lane = threadIdx.x % kWarpSize, vecs = cols / kVec;
   const Packed16* x_row = reinterpret_cast<const Packed16*>(x + row * cols);
   Packed16 xv[kVecsPerLane];  // vector lane + 32 i of the row
-#pragma unroll
-  for (int i = 0; i < kVecsPerLane; ++i)
-    if (lane + i * kWarpSize < vecs) xv[i] = x_row[lane + i * kWarpSize];
+  load_row_vectors(xv, x_row, lane, vecs);
 
   float row_max = -INFINITY;
 #pragma unroll
@@ -171,14 +169,8 @@ __global__ void __launch_bounds__(kRowThreads)
   const Packed16* y_row = reinterpret_cast<const Packed16*>(y + row * cols);
   const Packed16* dy_row = reinterpret_cast<const Packed16*>(dy + row * cols);
   Packed16 yv[kVecsPerLane], dyv[kVecsPerLane];
-#pragma unroll
-  for (int i = 0; i < kVecsPerLane; ++i) {
-    const int j = lane + i * kWarpSize;
-    if (j < vecs) {
-      yv[i] = y_row[j];
-      dyv[i] = dy_row[j];
-    }
-  }
+  load_row_vectors(yv, y_row, lane, vecs);
+  load_row_vectors(dyv, dy_row, lane, vecs);
   float dot = 0.f;
 #pragma unroll
   for (int i = 0; i < kVecsPerLane; ++i)
