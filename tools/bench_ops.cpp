@@ -325,10 +325,8 @@ void run_bench_ops(const BenchOptions& options) {
 
 }  // namespace
 
-void add_bench_command(CLI::App& app) {
-  CLI::App* bench = app.add_subcommand("bench", "Benchmarks on the GPU");
-  bench->require_subcommand(1);
-  CLI::App* ops = bench->add_subcommand("ops", "Copy / GEMM ceilings, norms, softmax, GELU and the FFN matmul");
+void add_bench_ops_command(CLI::App& bench) {
+  CLI::App* ops = bench.add_subcommand("ops", "Copy / GEMM ceilings, norms, softmax, GELU and the FFN matmul");
   auto options = std::make_shared<BenchOptions>();
   ops->add_option("--json", options->json_path, "Also write the results as JSON to this file");
   ops->add_option("--rows", options->rows, "Rows (tokens) of the activations")->capture_default_str();

@@ -11,7 +11,8 @@ namespace rehyat::tools {
 void add_inspect_command(CLI::App& app);
 // rehyat example OUT [--seed N] [--force]: write a small checkpoint in every dtype.
 void add_example_command(CLI::App& app);
-// rehyat bench ...: op benchmarks (tools/bench_ops.cpp).
-void add_bench_command(CLI::App& app);
+// rehyat bench ...: a parent command; each benchmark adds itself as a subcommand of it.
+// bench ops: copy/GEMM ceilings and the memory-bound ops (tools/bench_ops.cpp).
+void add_bench_ops_command(CLI::App& bench);
 
 }  // namespace rehyat::tools

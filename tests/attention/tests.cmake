@@ -1,0 +1,1 @@
+# Attention kernel tests (rehyat_test from tests/CMakeLists.txt).

@@ -1,0 +1,1 @@
+# Layer and model tests (rehyat_test from tests/CMakeLists.txt).
