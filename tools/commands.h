@@ -11,8 +11,14 @@ namespace rehyat::tools {
 void add_inspect_command(CLI::App& app);
 // rehyat example OUT [--seed N] [--force]: write a small checkpoint in every dtype.
 void add_example_command(CLI::App& app);
+// rehyat forward --model M --weights W --inputs IN --out OUT: the parity tool (tools/cmd_forward.cpp).
+void add_forward_command(CLI::App& app);
 // rehyat bench ...: a parent command; each benchmark adds itself as a subcommand of it.
 // bench ops: copy/GEMM ceilings and the memory-bound ops (tools/bench_ops.cpp).
 void add_bench_ops_command(CLI::App& bench);
+// bench attention: softmax attention kernels, full or chunked (tools/bench_attention.cpp).
+void add_bench_attention_command(CLI::App& bench);
+// bench model: a whole DiT's forward and one block's forward+backward, time and peak memory.
+void add_bench_model_command(CLI::App& bench);
 
 }  // namespace rehyat::tools
