@@ -13,21 +13,30 @@ using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
 bool inner_row_major(const Tensor& t) { return t.stride(-1) == 1 || t.size(-1) == 1; }
 bool inner_col_major(const Tensor& t) { return t.stride(-2) == 1 || t.size(-2) == 1; }
 
-// Batch dims must collapse to one stride (or be absent: broadcast).
-bool batch_collapsible(const Tensor& t) {
-  const int batch_dims = t.dim() - 2;
-  for (int d = 0; d + 1 < batch_dims; ++d)
-    if (t.size(d) != 1 && t.stride(d) != t.stride(d + 1) * t.size(d + 1)) return false;
-  return true;
-}
-
 // Makes an operand acceptable to the kernels: inner dims row- or column-major and
 // batch dims collapsible; copies only when needed.
 Tensor prepare_operand(const Tensor& t) {
-  if ((inner_row_major(t) || inner_col_major(t)) && batch_collapsible(t)) return t;
+  if ((inner_row_major(t) || inner_col_major(t)) && collapsed_batch_stride(t)) return t;
   return t.detach().contiguous();
 }
 }  // namespace
+
+std::optional<int64_t> collapsed_batch_stride(const Tensor& t) {
+  int64_t stride = 0;
+  bool found = false;
+  int64_t inner_count = 1;  // matrices spanned by the batch dims inside d
+  for (int d = t.dim() - 3; d >= 0; --d) {
+    if (t.size(d) != 1) {
+      if (!found) {
+        stride = t.stride(d);
+        found = true;
+      }
+      if (t.stride(d) != stride * inner_count) return std::nullopt;
+    }
+    inner_count *= t.size(d);
+  }
+  return stride;
+}
 
 void matmul(Tensor& c, const Tensor& a_in, const Tensor& b_in, double alpha, double beta) {
   check_same_device("matmul", c, {&a_in, &b_in});
@@ -49,8 +58,7 @@ void matmul(Tensor& c, const Tensor& a_in, const Tensor& b_in, double alpha, dou
   REHYAT_ROUTE_CUDA(c, cuda::matmul(c, a, b, alpha, beta));
 
   const int64_t batches = shape_numel(batch);
-  auto batch_stride = [](const Tensor& t) { return t.dim() > 2 ? t.stride(-3) : 0; };
-  const int64_t sa = batch_stride(a), sb = batch_stride(b);
+  const int64_t sa = *collapsed_batch_stride(a), sb = *collapsed_batch_stride(b);
   const int64_t a_r = a.stride(-2), a_c = a.stride(-1), b_r = b.stride(-2), b_c = b.stride(-1);
   REHYAT_DISPATCH_FLOAT(c.dtype(), "matmul", {
     using A = acc_t<scalar_t>;

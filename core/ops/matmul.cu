@@ -31,6 +31,7 @@
 
 #include "core/cuda_context.h"
 #include "core/ops/cuda_ops.h"
+#include "core/ops/matmul.h"
 
 namespace rehyat::kernels::cuda {
 
@@ -47,26 +48,12 @@ struct BlasOperand {
   int64_t batch_stride = 0;
 };
 
-// Stride between consecutive matrices of t's batch dims taken as one flat index, 0 when
-// t has no batch dims (or only size-1 ones). Throws when the dims do not collapse.
-int64_t collapsed_batch_stride(const Tensor& t, const char* name) {
-  const int batch_dims = t.dim() - 2;
-  int64_t stride = 0;
-  bool found = false;
-  int64_t inner_count = 1;  // matrices spanned by the batch dims inside d
-  for (int d = batch_dims - 1; d >= 0; --d) {
-    if (t.size(d) != 1) {
-      if (!found) {
-        stride = t.stride(d);
-        found = true;
-      }
-      REHYAT_CHECK(t.stride(d) == stride * inner_count,
-                   "matmul: batch dims of {} {} (strides {}) do not collapse to one stride", name, t.str(),
-                   t.strides());
-    }
-    inner_count *= t.size(d);
-  }
-  return stride;
+// kernels::collapsed_batch_stride, failing (naming the operand) when it does not exist.
+int64_t checked_batch_stride(const Tensor& t, const char* name) {
+  const std::optional<int64_t> stride = kernels::collapsed_batch_stride(t);
+  REHYAT_CHECK(stride.has_value(), "matmul: batch dims of {} {} (strides {}) do not collapse to one stride", name,
+               t.str(), t.strides());
+  return *stride;
 }
 
 // cuBLAS must see X^T for a rehyat matrix X = t[..., R, C]: that is X read column-major
@@ -74,7 +61,7 @@ int64_t collapsed_batch_stride(const Tensor& t, const char* name) {
 BlasOperand transposed_operand(const Tensor& t, const char* name) {
   const int64_t R = t.size(-2), C = t.size(-1), sr = t.stride(-2), sc = t.stride(-1);
   BlasOperand o;
-  o.batch_stride = collapsed_batch_stride(t, name);
+  o.batch_stride = checked_batch_stride(t, name);
   if ((C == 1 || sc == 1) && (R == 1 || sr >= C)) {
     o.op = CUBLAS_OP_N;  // stored [C, R] column-major
     o.ld = R == 1 ? C : sr;

@@ -7,9 +7,16 @@
 // in fp32; f32 uses fp32 (no TF32); f64 uses cublasDgemmStridedBatched.
 #pragma once
 
+#include <optional>
+
 #include "core/tensor.h"
 
 namespace rehyat::kernels {
+
+// Elements between consecutive matrices of t's batch dims read as one flat index (size-1
+// dims ignored, whatever their strides); 0 without batch dims or with only size-1 ones;
+// nullopt when the batch dims do not collapse to one stride.
+std::optional<int64_t> collapsed_batch_stride(const Tensor& t);
 
 void matmul(Tensor& c, const Tensor& a, const Tensor& b, double alpha = 1.0, double beta = 0.0);
 

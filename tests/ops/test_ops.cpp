@@ -135,5 +135,30 @@ INSTANTIATE_TEST_SUITE_P(
              target_name(targets()[size_t(std::get<1>(info.param))]);
     });
 
+// A size-1 batch dim carries whatever stride a permute left it: [B, N, 1, d] viewed as
+// [B, 1, N, d] has stride(-3) = d, not the batch stride N*d. The product must still read
+// each batch's own matrix.
+TEST(Matmul, SingletonBatchDimsWithOddStrides) {
+  for (Device device : {Device::cpu(), Device::cuda(0)}) {
+    if (device.is_cuda() && !cuda_available()) {
+      std::printf("no CUDA device: the CUDA case of SingletonBatchDimsWithOddStrides is not run\n");
+      continue;
+    }
+    const int64_t B = 3, M = 5, K = 4, N = 2;
+    const Tensor a = Tensor::randn({B, M, 1, K}, 11, 0, DType::F32, device).permute({0, 2, 1, 3});  // [B, 1, M, K]
+    const Tensor b = Tensor::randn({B, 1, K, N}, 12, 0, DType::F32, device);
+    const std::vector<double> c = matmul(a, b).to_vector();
+    const std::vector<double> av = a.to_vector(), bv = b.to_vector();
+    ASSERT_EQ(c.size(), size_t(B * M * N));
+    for (int64_t bi = 0; bi < B; ++bi)
+      for (int64_t i = 0; i < M; ++i)
+        for (int64_t j = 0; j < N; ++j) {
+          double want = 0;
+          for (int64_t p = 0; p < K; ++p) want += av[size_t((bi * M + i) * K + p)] * bv[size_t((bi * K + p) * N + j)];
+          EXPECT_NEAR(c[size_t((bi * M + i) * N + j)], want, 1e-5) << device.str() << " batch " << bi;
+        }
+  }
+}
+
 }  // namespace
 }  // namespace rehyat::testing
