@@ -12,14 +12,21 @@
 // - The backward recomputes P = exp(s - lse) tile by tile (nothing N x N is stored):
 //   a preprocess assigns delta = rowsum(dO * o) [B, H, Nq] (fp32 scratch); the key-tile
 //   kernel assigns dk and dv (accumulated in registers over the query tiles that see
-//   the key tile, written once); dq is accumulated (+=) with fp32 atomics into an fp32
-//   scratch [B, Nq, H, d] zeroed first, then converted and assigned to dq.
+//   the key tile, written once); dq is accumulated (+=) with fp32 reductions
+//   (red.global.add.v2.f32) into an fp32 scratch [B, Nq, H, d] zeroed first, then
+//   converted and assigned to dq. Five matrix products per tile pair, no separate dq pass.
 // - Key ranges: a query tile loops over the union of its rows' key ranges and masks
 //   entries outside each row's own range (chunk boundaries fall inside tiles); a key
 //   tile loops over the union of the query rows that see any of its keys.
-// - Fast path (bf16 / f16, head dim 64 or 128, 16-byte aligned rows): mma.sync
-//   m16n8k16 tensor-core tiles fed by ldmatrix from swizzled shared memory, cp.async
-//   double buffering, exp2-based online softmax, fp32 accumulation.
+// - Fast path (bf16 / f16, head dim 64 or 128, 16-byte aligned rows; sm_90a): wgmma.
+//   Tiles are copied with cp.async into the 128-byte-swizzled layout wgmma reads through
+//   shared-memory descriptors; products with both operands in shared memory (Q K^T,
+//   V dO^T, dS K) run shared x shared, and those whose left operand is a fresh
+//   accumulator (P V, P^T dO, dS^T Q) take it from registers: a wgmma accumulator
+//   fragment converted to bf16/f16 pairs is exactly the A-register fragment. Operands
+//   stored row-major along the output dimension (V, dO, Q, K as right operands; dS^T as
+//   the left one) are transposed by the descriptor, never in memory. Warp w of the CTA
+//   owns accumulator rows [16 w, 16 w + 16); exp2-based online softmax on the SFU.
 // - Generic path (f32, f64, other head dims, unaligned views): one warp per query row
 //   (forward, dq) or per key row (dk, dv), exact online softmax in acc_t; slow, correct.
 // Kernels never allocate: the adapters allocate scratch through Tensor::empty.
@@ -402,34 +409,13 @@ __device__ __forceinline__ float unpack_hi(uint32_t bits) {
   else return __half2float(__ushort_as_half((unsigned short)(bits >> 16)));
 }
 
-// c += a (16x16, row) * b (16x8, col), fp32 accumulators.
-template <typename T>
-__device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  } else {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
+// 2^x on the special-function unit (flushes denormals; 2^-inf = 0).
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
 }
 
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
 __device__ __forceinline__ void cp_async16(uint32_t smem_addr, const void* gptr, bool valid) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr), "l"(gptr),
                "r"(valid ? 16 : 0));
@@ -443,58 +429,6 @@ __device__ __forceinline__ uint32_t smem_u32(const void* p) {
   return uint32_t(__cvta_generic_to_shared(p));
 }
 
-// Shared tiles are [rows][D] with the 16-byte chunks of a row XOR-swizzled by (row % 8),
-// so the 8 row addresses of one ldmatrix hit 8 different bank groups.
-template <int D>
-__device__ __forceinline__ int swz(int row, int chunk) {
-  return row * D + ((chunk ^ (row & 7)) << 3);
-}
-
-// Loads rows [row0, row0 + ROWS) of a strided [N, d] slab into a swizzled tile, zero-filling
-// rows >= rows_total; all THREADS threads take part.
-template <typename T, int D, int ROWS, int THREADS>
-__device__ __forceinline__ void load_tile(T* tile, const T* base, int64_t row_stride, int64_t row0,
-                                          int64_t rows_total) {
-  constexpr int kChunks = D / 8;
-#pragma unroll
-  for (int it = 0; it < ROWS * kChunks / THREADS; ++it) {
-    const int idx = int(threadIdx.x) + it * THREADS;
-    const int row = idx / kChunks, chunk = idx % kChunks;
-    const int64_t token = row0 + row;
-    const bool valid = token < rows_total;
-    const T* src = base + (valid ? token * row_stride : 0) + chunk * 8;
-    cp_async16(smem_u32(tile + swz<D>(row, chunk)), src, valid);
-  }
-}
-
-// A fragments (16 rows x D) of the warp's rows [row0, row0 + 16) of a swizzled tile.
-template <typename T, int D>
-__device__ __forceinline__ void load_a_fragments(uint32_t (&frag)[D / 16][4], const T* tile, int row0) {
-  const int lane = threadIdx.x % kWarpSize;
-#pragma unroll
-  for (int kk = 0; kk < D / 16; ++kk)
-    ldmatrix_x4(frag[kk], smem_u32(tile + swz<D>(row0 + (lane & 15), kk * 2 + (lane >> 4))));
-}
-
-// acc[NT][4] += A (16 x K, K/16 fragments in registers) * B^T where B is [NT*8 rows][K] in a
-// swizzled tile (rows = output columns): S = Q K^T and dP = dO V^T.
-template <typename T, int D, int NT>
-__device__ __forceinline__ void mma_a_bt(float (&acc)[NT][4], const uint32_t (&a)[D / 16][4], const T* b_tile) {
-  const int lane = threadIdx.x % kWarpSize;
-#pragma unroll
-  for (int kk = 0; kk < D / 16; ++kk) {
-#pragma unroll
-    for (int np = 0; np < NT / 2; ++np) {
-      uint32_t b[4];
-      ldmatrix_x4(b, smem_u32(b_tile + swz<D>(np * 16 + (lane & 7) + ((lane >> 4) << 3), kk * 2 + ((lane >> 3) & 1))));
-      mma16816<T>(acc[2 * np], a[kk], b[0], b[1]);
-      mma16816<T>(acc[2 * np + 1], a[kk], b[2], b[3]);
-    }
-  }
-}
-
-// acc[D/8][4] += P (16 x KR, accumulator layout, converted to T) * B where B is [KR rows][D]
-// in a swizzled tile (rows = the reduction index): O += P V, dQ += dS K, dV += P^T dO.
 // Accumulator tiles (16 x KR, fp32) as A fragments in T.
 template <typename T, int KR>
 __device__ __forceinline__ void pack_a_fragments(uint32_t (&a)[KR / 16][4], const float (&p)[KR / 8][4]) {
@@ -506,69 +440,6 @@ __device__ __forceinline__ void pack_a_fragments(uint32_t (&a)[KR / 16][4], cons
     a[kk][3] = pack2<T>(p[2 * kk + 1][2], p[2 * kk + 1][3]);
   }
 }
-
-// As mma_p_b with P already packed.
-template <typename T, int D, int KR>
-__device__ __forceinline__ void mma_packed_b(float (&acc)[D / 8][4], const uint32_t (&pa)[KR / 16][4],
-                                             const T* b_tile) {
-  const int lane = threadIdx.x % kWarpSize;
-#pragma unroll
-  for (int kk = 0; kk < KR / 16; ++kk) {
-#pragma unroll
-    for (int dp = 0; dp < D / 16; ++dp) {
-      uint32_t b[4];
-      ldmatrix_x4_trans(b, smem_u32(b_tile + swz<D>(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), dp * 2 + (lane >> 4))));
-      mma16816<T>(acc[2 * dp], pa[kk], b[0], b[1]);
-      mma16816<T>(acc[2 * dp + 1], pa[kk], b[2], b[3]);
-    }
-  }
-}
-
-template <typename T, int D, int KR>
-__device__ __forceinline__ void mma_p_b(float (&acc)[D / 8][4], const float (&p)[KR / 8][4], const T* b_tile) {
-  const int lane = threadIdx.x % kWarpSize;
-#pragma unroll
-  for (int kk = 0; kk < KR / 16; ++kk) {
-    const uint32_t a[4] = {pack2<T>(p[2 * kk][0], p[2 * kk][1]), pack2<T>(p[2 * kk][2], p[2 * kk][3]),
-                           pack2<T>(p[2 * kk + 1][0], p[2 * kk + 1][1]),
-                           pack2<T>(p[2 * kk + 1][2], p[2 * kk + 1][3])};
-#pragma unroll
-    for (int dp = 0; dp < D / 16; ++dp) {
-      uint32_t b[4];
-      ldmatrix_x4_trans(b, smem_u32(b_tile + swz<D>(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), dp * 2 + (lane >> 4))));
-      mma16816<T>(acc[2 * dp], a, b[0], b[1]);
-      mma16816<T>(acc[2 * dp + 1], a, b[2], b[3]);
-    }
-  }
-}
-
-// Same as mma_a_bt but A is also read from a swizzled tile (rows [a_row0, a_row0 + 16)).
-template <typename T, int D, int NT>
-__device__ __forceinline__ void mma_tile_a_bt(float (&acc)[NT][4], const T* a_tile, int a_row0, const T* b_tile) {
-  const int lane = threadIdx.x % kWarpSize;
-#pragma unroll
-  for (int kk = 0; kk < D / 16; ++kk) {
-    uint32_t a[4];
-    ldmatrix_x4(a, smem_u32(a_tile + swz<D>(a_row0 + (lane & 15), kk * 2 + (lane >> 4))));
-#pragma unroll
-    for (int np = 0; np < NT / 2; ++np) {
-      uint32_t b[4];
-      ldmatrix_x4(b, smem_u32(b_tile + swz<D>(np * 16 + (lane & 7) + ((lane >> 4) << 3), kk * 2 + ((lane >> 3) & 1))));
-      mma16816<T>(acc[2 * np], a, b[0], b[1]);
-      mma16816<T>(acc[2 * np + 1], a, b[2], b[3]);
-    }
-  }
-}
-
-template <int D>
-struct FlashForwardConfig {
-  // Each warp owns kRowTiles x 16 query rows: K and V tiles are read from shared memory
-  // once per 32 rows instead of once per 16 (shared-memory bandwidth is the limit of
-  // mma.sync at 16 rows per warp); Q fragments are re-read from shared memory.
-  static constexpr int kRowTiles = 2, kWarps = 4, kBlockM = kWarps * 16 * kRowTiles, kBlockN = D == 128 ? 32 : 64;
-  static constexpr int kThreads = kWarps * 32;
-  static constexpr size_t kSmemBytes = size_t(kBlockM + 4 * kBlockN) * D * 2;  // Q, K x2, V x2
-};
 
 // Forward epilogue: the per-row state of the online softmax (acc = sum exp(s - m) v,
 // l = sum exp(s - m), m in log2 units of the scaled score) becomes o = acc / l,
@@ -592,16 +463,131 @@ __device__ __forceinline__ void store_forward_rows(const FlashArgs& a, int64_t b
   }
 }
 
-// One CTA per (kBlockM-query tile, batch * head); warp w owns kRowTiles 16-row tiles.
+// --- wgmma (sm_90a) building blocks ---------------------------------------------------
+
+// wgmma tiles: [rows][D] split into 64-column blocks ([D/64][rows][64]), each row 128 bytes
+// with its 16-byte chunks XOR-swizzled by (row % 8): the 128-byte swizzle layout wgmma
+// reads through a shared-memory descriptor (tile blocks 1024-byte aligned).
+template <int ROWS>
+__device__ __forceinline__ int wg_offset(int row, int chunk) {
+  return (chunk >> 3) * ROWS * 64 + row * 64 + (((chunk & 7) ^ (row & 7)) << 3);
+}
+
+template <typename T, int D, int ROWS, int THREADS>
+__device__ __forceinline__ void load_wg_tile(T* tile, const T* base, int64_t row_stride, int64_t row0,
+                                             int64_t rows_total) {
+  constexpr int kChunks = D / 8;
+#pragma unroll
+  for (int it = 0; it < ROWS * kChunks / THREADS; ++it) {
+    const int idx = int(threadIdx.x) + it * THREADS;
+    const int row = idx / kChunks, chunk = idx % kChunks;
+    const int64_t token = row0 + row;
+    const bool valid = token < rows_total;
+    const T* src = base + (valid ? token * row_stride : 0) + chunk * 8;
+    cp_async16(smem_u32(tile + wg_offset<ROWS>(row, chunk)), src, valid);
+  }
+}
+
+// Shared-memory matrix descriptor, 128-byte swizzle. K-major operands: stride = byte
+// distance between 8-row groups (1024). MN-major (transposed) operands: leading = byte
+// distance between 64-element blocks along N, stride = between 8-row groups along K.
+__device__ __forceinline__ uint64_t wg_desc(uint32_t addr, uint32_t leading, uint32_t stride) {
+  return uint64_t((addr & 0x3FFFF) >> 4) | (uint64_t((leading & 0x3FFFF) >> 4) << 16) |
+         (uint64_t((stride & 0x3FFFF) >> 4) << 32) | (1ull << 62);
+}
+
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+// Pins accumulator registers in program order around asynchronous wgmma.
+template <int N>
+__device__ __forceinline__ void wg_fence_operands(float (&d)[N][4]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(d[i][e])::"memory");
+}
+
+// d (64 x N) += A (64 x 16, smem, K-major) * B (N x 16, smem, K-major)^T.
+template <typename T, int N>
+__device__ void wgmma_ss(float (&d)[N / 8][4], uint64_t desc_a, uint64_t desc_b);
+// d (64 x N) += A (64 x 16, registers) * B (16 x N, smem, N-major).
+template <typename T, int N>
+__device__ void wgmma_rs_tb(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t desc_b);
+
+template <>
+__device__ __forceinline__ void wgmma_ss<__nv_bfloat16, 64>(float (&d)[64/8][4], uint64_t desc_a, uint64_t desc_b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
+      : "l"(desc_a), "l"(desc_b), "r"(1));
+}
+template <>
+__device__ __forceinline__ void wgmma_rs_tb<__nv_bfloat16, 64>(float (&d)[64/8][4], const uint32_t (&a)[4], uint64_t desc_b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, p, 1, 1, 1;\n}\n"
+      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));
+}
+template <>
+__device__ __forceinline__ void wgmma_rs_tb<__nv_bfloat16, 128>(float (&d)[128/8][4], const uint32_t (&a)[4], uint64_t desc_b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, {%64,%65,%66,%67}, %68, p, 1, 1, 1;\n}\n"
+      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3]), "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]), "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]), "+f"(d[10][0]), "+f"(d[10][1]), "+f"(d[10][2]), "+f"(d[10][3]), "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3]), "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]), "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]), "+f"(d[13][3]), "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]), "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));
+}
+template <>
+__device__ __forceinline__ void wgmma_ss<__half, 64>(float (&d)[64/8][4], uint64_t desc_a, uint64_t desc_b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
+      : "l"(desc_a), "l"(desc_b), "r"(1));
+}
+template <>
+__device__ __forceinline__ void wgmma_rs_tb<__half, 64>(float (&d)[64/8][4], const uint32_t (&a)[4], uint64_t desc_b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, p, 1, 1, 1;\n}\n"
+      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));
+}
+template <>
+__device__ __forceinline__ void wgmma_rs_tb<__half, 128>(float (&d)[128/8][4], const uint32_t (&a)[4], uint64_t desc_b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, {%64,%65,%66,%67}, %68, p, 1, 1, 1;\n}\n"
+      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3]), "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]), "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]), "+f"(d[10][0]), "+f"(d[10][1]), "+f"(d[10][2]), "+f"(d[10][3]), "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3]), "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]), "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]), "+f"(d[13][3]), "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]), "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));
+}
+
+template <int D>
+struct FlashForwardWgmmaConfig {
+  // Two warpgroups of 64 query rows each; K/V tiles of 64 keys in a 3-deep ring.
+  static constexpr int kBlockM = 128, kBlockN = 64, kWarps = 8, kThreads = kWarps * 32, kStages = 3;
+  static constexpr size_t kSmemBytes = size_t(kBlockM + 2 * kStages * kBlockN) * D * 2 + 1024;  // + alignment
+};
+
+// Forward on wgmma: one CTA per (128-query tile, batch * head), two warpgroups of 64
+// rows. S = Q K^T with both operands in shared memory, O += P V with P from registers
+// (the accumulator layout of S is the A-fragment layout) and V transposed by the
+// descriptor. Warp w owns query rows [16 w, 16 w + 16).
 template <typename T, int D>
-__global__ void __launch_bounds__(FlashForwardConfig<D>::kThreads, 2) flash_forward_kernel(const FlashArgs a) {
-  using Cfg = FlashForwardConfig<D>;
-  constexpr int BM = Cfg::kBlockM, BN = Cfg::kBlockN, NT = BN / 8, THREADS = Cfg::kThreads, MW = Cfg::kRowTiles;
-  extern __shared__ __align__(128) unsigned char smem[];
+__global__ void __launch_bounds__(FlashForwardWgmmaConfig<D>::kThreads, 1)
+    flash_forward_wgmma_kernel(const FlashArgs a) {
+  using Cfg = FlashForwardWgmmaConfig<D>;
+  constexpr int BM = Cfg::kBlockM, BN = Cfg::kBlockN, NT = BN / 8, THREADS = Cfg::kThreads;
+  constexpr int kStages = Cfg::kStages;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  unsigned char* smem = smem_raw + ((1024 - smem_u32(smem_raw) % 1024) % 1024);
   T* s_q = reinterpret_cast<T*>(smem);
-  T* s_k = s_q + BM * D;       // [2][BN][D]
-  T* s_v = s_k + 2 * BN * D;   // [2][BN][D]
-  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  T* s_k = s_q + BM * D;              // [kStages][BN][D] (wgmma layout)
+  T* s_v = s_k + kStages * BN * D;    // [kStages][BN][D]
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize, group = warp / 4;
   const int64_t nq = a.range.num_queries;
   const int64_t q0 = int64_t(blockIdx.x) * BM;
   const int h = int(blockIdx.y % a.heads);
@@ -610,153 +596,115 @@ __global__ void __launch_bounds__(FlashForwardConfig<D>::kThreads, 2) flash_forw
   const T* kg = static_cast<const T*>(a.k) + b * a.ks.batch + h * a.ks.head;
   const T* vg = static_cast<const T*>(a.v) + b * a.vs.batch + h * a.vs.head;
 
-  // Key span of the tile (union of its rows' ranges) and the part every row sees.
   const int64_t last_row = (q0 + BM < nq ? q0 + BM : nq) - 1;
   int64_t span_begin, first_end, last_begin, span_end;
   a.range.keys_of(q0, span_begin, first_end);
   a.range.keys_of(last_row, last_begin, span_end);
   const int num_tiles = int((span_end - span_begin + BN - 1) / BN);
-  // This thread's rows (mt, half): warp_row0 + 16 mt + lane / 4 + 8 half; their key ranges.
-  const int warp_row0 = warp * 16 * MW;
-  // (int: the adapter checks that token counts fit 31 bits.)
-  int beg[MW][2], end[MW][2];
-#pragma unroll
-  for (int mt = 0; mt < MW; ++mt)
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int64_t row = q0 + warp_row0 + mt * 16 + lane / 4 + 8 * r;
-      int64_t rb, re;
-      a.range.keys_of(row < nq ? row : nq - 1, rb, re);
-      beg[mt][r] = int(rb);
-      end[mt][r] = int(re);
-    }
+  const int64_t row_lo = q0 + warp * 16 + lane / 4, row_hi = row_lo + 8;
+  int64_t beg[2], end[2];
+  a.range.keys_of(row_lo < nq ? row_lo : nq - 1, beg[0], end[0]);
+  a.range.keys_of(row_hi < nq ? row_hi : nq - 1, beg[1], end[1]);
 
-  load_tile<T, D, BM, THREADS>(s_q, qg, a.qs.token, q0, nq);
-  load_tile<T, D, BN, THREADS>(s_k, kg, a.ks.token, span_begin, span_end);
-  load_tile<T, D, BN, THREADS>(s_v, vg, a.vs.token, span_begin, span_end);
-  cp_async_commit();
+  auto load_kv = [&](int tile) {
+    const int buf = tile % kStages;
+    const int64_t n = span_begin + int64_t(tile) * BN;
+    load_wg_tile<T, D, BN, THREADS>(s_k + buf * BN * D, kg, a.ks.token, n, span_end);
+    load_wg_tile<T, D, BN, THREADS>(s_v + buf * BN * D, vg, a.vs.token, n, span_end);
+  };
+  load_wg_tile<T, D, BM, THREADS>(s_q, qg, a.qs.token, q0, nq);
+#pragma unroll
+  for (int st = 0; st < kStages - 1; ++st) {
+    if (st < num_tiles) load_kv(st);
+    cp_async_commit();
+  }
 
-  float acc[MW][D / 8][4];
+  float acc[D / 8][4];
 #pragma unroll
-  for (int mt = 0; mt < MW; ++mt)
-#pragma unroll
-    for (int i = 0; i < D / 8; ++i) acc[mt][i][0] = acc[mt][i][1] = acc[mt][i][2] = acc[mt][i][3] = 0.f;
-  float m[MW][2], l[MW][2];
-#pragma unroll
-  for (int mt = 0; mt < MW; ++mt) m[mt][0] = m[mt][1] = -INFINITY, l[mt][0] = l[mt][1] = 0.f;
+  for (int i = 0; i < D / 8; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+  const uint32_t q_addr = smem_u32(s_q) + group * 64 * 128;  // this warpgroup's 64 rows
 
+  int buf = 0;
   for (int t = 0; t < num_tiles; ++t) {
     const int64_t n0 = span_begin + int64_t(t) * BN;
-    if (t + 1 < num_tiles) {
-      const int buf = (t + 1) & 1;
-      load_tile<T, D, BN, THREADS>(s_k + buf * BN * D, kg, a.ks.token, n0 + BN, span_end);
-      load_tile<T, D, BN, THREADS>(s_v + buf * BN * D, vg, a.vs.token, n0 + BN, span_end);
-    }
-    cp_async_commit();
-    cp_async_wait<1>();
+    cp_async_wait<kStages - 2>();
+    fence_proxy_async();  // cp.async data -> visible to the wgmma (async proxy)
     __syncthreads();
-    const T* k_tile = s_k + (t & 1) * BN * D;
-    const T* v_tile = s_v + (t & 1) * BN * D;
+    if (t + kStages - 1 < num_tiles) load_kv(t + kStages - 1);
+    cp_async_commit();
+    const uint32_t k_addr = smem_u32(s_k + buf * BN * D), v_addr = smem_u32(s_v + buf * BN * D);
+    buf = buf + 1 == kStages ? 0 : buf + 1;
 
-    // S = Q K^T: each K fragment feeds MW row tiles.
-    float s[MW][NT][4];
+    float s[NT][4];
 #pragma unroll
-    for (int mt = 0; mt < MW; ++mt)
-#pragma unroll
-      for (int i = 0; i < NT; ++i) s[mt][i][0] = s[mt][i][1] = s[mt][i][2] = s[mt][i][3] = 0.f;
+    for (int i = 0; i < NT; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+    wg_fence_operands(s);
+    wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t qa[MW][4];
-#pragma unroll
-      for (int mt = 0; mt < MW; ++mt)
-        ldmatrix_x4(qa[mt], smem_u32(s_q + swz<D>(warp_row0 + mt * 16 + (lane & 15), kk * 2 + (lane >> 4))));
-#pragma unroll
-      for (int np = 0; np < NT / 2; ++np) {
-        uint32_t kb[4];
-        ldmatrix_x4(kb, smem_u32(k_tile + swz<D>(np * 16 + (lane & 7) + ((lane >> 4) << 3), kk * 2 + ((lane >> 3) & 1))));
-#pragma unroll
-        for (int mt = 0; mt < MW; ++mt) {
-          mma16816<T>(s[mt][2 * np], qa[mt], kb[0], kb[1]);
-          mma16816<T>(s[mt][2 * np + 1], qa[mt], kb[2], kb[3]);
-        }
-      }
+      const uint32_t koff = (kk % 4) * 32;  // 16 elements = 32 bytes along K inside the 128-byte row
+      wgmma_ss<T, BN>(s, wg_desc(q_addr + (kk / 4) * BM * 128 + koff, 16, 1024),
+                      wg_desc(k_addr + (kk / 4) * BN * 128 + koff, 16, 1024));
     }
+    wgmma_commit();
+    wgmma_wait_all();
+    wg_fence_operands(s);
 
-    const bool need_mask = n0 < last_begin || n0 + BN > first_end;
-#pragma unroll
-    for (int mt = 0; mt < MW; ++mt) {
+    if (n0 < last_begin || n0 + BN > first_end) {
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          float x = s[mt][nt][e] * a.scale_log2;
-          if (need_mask) {
-            const int j = int(n0) + nt * 8 + 2 * (lane & 3) + (e & 1);
-            const int r = e >> 1;
-            if (j < beg[mt][r] || j >= end[mt][r]) x = -INFINITY;
-          }
-          s[mt][nt][e] = x;
+          const int64_t j = n0 + nt * 8 + 2 * (lane & 3) + (e & 1);
+          const int r = e >> 1;
+          if (j < beg[r] || j >= end[r]) s[nt][e] = -INFINITY;
         }
-      // Online softmax (base 2) for the thread's two rows of this row tile.
+    }
 #pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        float mx = m[mt][r];
+    for (int r = 0; r < 2; ++r) {
+      float raw_max = -INFINITY;
 #pragma unroll
-        for (int nt = 0; nt < NT; ++nt) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * r], s[mt][nt][2 * r + 1]));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        const float base = mx == -INFINITY ? 0.f : mx;
-        const float correction = exp2f(m[mt][r] - base);
-        m[mt][r] = mx;
-        float sum = 0.f;
+      for (int nt = 0; nt < NT; ++nt) raw_max = fmaxf(raw_max, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
+      raw_max = fmaxf(raw_max, __shfl_xor_sync(0xffffffffu, raw_max, 1));
+      raw_max = fmaxf(raw_max, __shfl_xor_sync(0xffffffffu, raw_max, 2));
+      const float mx = fmaxf(m[r], raw_max * a.scale_log2);
+      const float base = mx == -INFINITY ? 0.f : mx;
+      const float correction = fast_exp2(m[r] - base);
+      m[r] = mx;
+      float sum = 0.f;
 #pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-          s[mt][nt][2 * r] = exp2f(s[mt][nt][2 * r] - base);
-          s[mt][nt][2 * r + 1] = exp2f(s[mt][nt][2 * r + 1] - base);
-          sum += s[mt][nt][2 * r] + s[mt][nt][2 * r + 1];
-        }
-        l[mt][r] = l[mt][r] * correction + sum;
+      for (int nt = 0; nt < NT; ++nt) {
+        s[nt][2 * r] = fast_exp2(fmaf(s[nt][2 * r], a.scale_log2, -base));
+        s[nt][2 * r + 1] = fast_exp2(fmaf(s[nt][2 * r + 1], a.scale_log2, -base));
+        sum += s[nt][2 * r] + s[nt][2 * r + 1];
+      }
+      l[r] = l[r] * correction + sum;
 #pragma unroll
-        for (int i = 0; i < D / 8; ++i) {
-          acc[mt][i][2 * r] *= correction;
-          acc[mt][i][2 * r + 1] *= correction;
-        }
+      for (int i = 0; i < D / 8; ++i) {
+        acc[i][2 * r] *= correction;
+        acc[i][2 * r + 1] *= correction;
       }
     }
-    // O += P V: each V fragment feeds MW row tiles.
+    uint32_t pa[BN / 16][4];
+    pack_a_fragments<T, BN>(pa, s);
+    wg_fence_operands(acc);
+    wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk) {
-      uint32_t pa[MW][4];
-#pragma unroll
-      for (int mt = 0; mt < MW; ++mt) {
-        pa[mt][0] = pack2<T>(s[mt][2 * kk][0], s[mt][2 * kk][1]);
-        pa[mt][1] = pack2<T>(s[mt][2 * kk][2], s[mt][2 * kk][3]);
-        pa[mt][2] = pack2<T>(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
-        pa[mt][3] = pack2<T>(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
-      }
-#pragma unroll
-      for (int dp = 0; dp < D / 16; ++dp) {
-        uint32_t vb[4];
-        ldmatrix_x4_trans(vb, smem_u32(v_tile + swz<D>(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), dp * 2 + (lane >> 4))));
-#pragma unroll
-        for (int mt = 0; mt < MW; ++mt) {
-          mma16816<T>(acc[mt][2 * dp], pa[mt], vb[0], vb[1]);
-          mma16816<T>(acc[mt][2 * dp + 1], pa[mt], vb[2], vb[3]);
-        }
-      }
-    }
-    __syncthreads();  // the buffer is refilled next iteration
+    for (int kk = 0; kk < BN / 16; ++kk)
+      wgmma_rs_tb<T, D>(acc, pa[kk], wg_desc(v_addr + kk * 16 * 128, BN * 128, 1024));
+    wgmma_commit();
+    wgmma_wait_all();
+    wg_fence_operands(acc);
   }
   cp_async_wait<0>();
 #pragma unroll
-  for (int mt = 0; mt < MW; ++mt)
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float lt = l[mt][r];
-      lt += __shfl_xor_sync(0xffffffffu, lt, 1);
-      lt += __shfl_xor_sync(0xffffffffu, lt, 2);
-      store_forward_rows<T, D>(a, b, h, q0 + warp_row0 + mt * 16 + lane / 4 + 8 * r, acc[mt], r, lt, m[mt][r]);
-    }
+  for (int r = 0; r < 2; ++r) {
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+  }
+  store_forward_rows<T, D>(a, b, h, row_lo, acc, 0, l[0], m[0]);
+  store_forward_rows<T, D>(a, b, h, row_hi, acc, 1, l[1], m[1]);
 }
 
 // delta[b, h, i] = dO_i . o_i in fp32 (backward preprocess), one warp per row.
@@ -778,140 +726,64 @@ __global__ void flash_delta_kernel(const FlashArgs a, int64_t batch, int head_di
   if (lane == 0) const_cast<float*>(a.delta)[row] = dot;
 }
 
-template <int D>
-struct FlashDqConfig {
-  static constexpr int kBlockM = 128, kBlockN = 64, kWarps = 8, kThreads = kWarps * 32;
-  static constexpr size_t kSmemBytes = size_t(2 * kBlockM + 4 * kBlockN) * D * 2;  // Q, dO, K x2, V x2
-};
+// v2 fp32 reduction into global memory (sm_90).
+__device__ __forceinline__ void red_add_v2(float* addr, float x, float y) {
+  asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(addr), "f"(x), "f"(y) : "memory");
+}
 
-// dq (assigned): one CTA per (128-query tile, batch * head), loop over the tile's key span:
-// S = Q K^T, P = exp(S - lse), dP = dO V^T, dS = P (dP - delta), dQ += dS K.
-template <typename T, int D>
-__global__ void __launch_bounds__(FlashDqConfig<D>::kThreads, 1) flash_dq_kernel(const FlashArgs a) {
-  using Cfg = FlashDqConfig<D>;
-  constexpr int BM = Cfg::kBlockM, BN = Cfg::kBlockN, NT = BN / 8, THREADS = Cfg::kThreads;
-  extern __shared__ __align__(128) unsigned char smem[];
-  T* s_q = reinterpret_cast<T*>(smem);
-  T* s_do = s_q + BM * D;
-  T* s_k = s_do + BM * D;      // [2][BN][D]
-  T* s_v = s_k + 2 * BN * D;   // [2][BN][D]
-  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
-  const int64_t nq = a.range.num_queries, nk = a.range.num_keys;
-  const int64_t q0 = int64_t(blockIdx.x) * BM;
-  const int h = int(blockIdx.y % a.heads);
-  const int64_t b = blockIdx.y / a.heads;
-  const T* qg = static_cast<const T*>(a.q) + b * a.qs.batch + h * a.qs.head;
-  const T* dog = static_cast<const T*>(a.d_o) + b * a.dos.batch + h * a.dos.head;
-  const T* kg = static_cast<const T*>(a.k) + b * a.ks.batch + h * a.ks.head;
-  const T* vg = static_cast<const T*>(a.v) + b * a.vs.batch + h * a.vs.head;
-
-  const int64_t last_row = (q0 + BM < nq ? q0 + BM : nq) - 1;
-  int64_t span_begin, first_end, last_begin, span_end;
-  a.range.keys_of(q0, span_begin, first_end);
-  a.range.keys_of(last_row, last_begin, span_end);
-  const int num_tiles = int((span_end - span_begin + BN - 1) / BN);
-  const int64_t row_lo = q0 + warp * 16 + lane / 4, row_hi = row_lo + 8;
-  int64_t beg[2], end[2];
-  a.range.keys_of(row_lo < nq ? row_lo : nq - 1, beg[0], end[0]);
-  a.range.keys_of(row_hi < nq ? row_hi : nq - 1, beg[1], end[1]);
-  const int64_t stat0 = (b * a.heads + h) * nq;
-  float lse2[2], delta[2];
-  lse2[0] = row_lo < nq ? a.lse[stat0 + row_lo] * kLog2e : INFINITY;
-  lse2[1] = row_hi < nq ? a.lse[stat0 + row_hi] * kLog2e : INFINITY;
-  delta[0] = row_lo < nq ? a.delta[stat0 + row_lo] : 0.f;
-  delta[1] = row_hi < nq ? a.delta[stat0 + row_hi] : 0.f;
-
-  load_tile<T, D, BM, THREADS>(s_q, qg, a.qs.token, q0, nq);
-  load_tile<T, D, BM, THREADS>(s_do, dog, a.dos.token, q0, nq);
-  load_tile<T, D, BN, THREADS>(s_k, kg, a.ks.token, span_begin, span_end);
-  load_tile<T, D, BN, THREADS>(s_v, vg, a.vs.token, span_begin, span_end);
-  cp_async_commit();
-
-  uint32_t qf[D / 16][4], dof[D / 16][4];
-  float dq[D / 8][4];
-#pragma unroll
-  for (int i = 0; i < D / 8; ++i) dq[i][0] = dq[i][1] = dq[i][2] = dq[i][3] = 0.f;
-
-  for (int t = 0; t < num_tiles; ++t) {
-    const int64_t n0 = span_begin + int64_t(t) * BN;
-    if (t + 1 < num_tiles) {
-      const int buf = (t + 1) & 1;
-      load_tile<T, D, BN, THREADS>(s_k + buf * BN * D, kg, a.ks.token, n0 + BN, span_end);
-      load_tile<T, D, BN, THREADS>(s_v + buf * BN * D, vg, a.vs.token, n0 + BN, span_end);
-    }
-    cp_async_commit();
-    cp_async_wait<1>();
-    __syncthreads();
-    if (t == 0) {
-      load_a_fragments<T, D>(qf, s_q, warp * 16);
-      load_a_fragments<T, D>(dof, s_do, warp * 16);
-    }
-    const T* k_tile = s_k + (t & 1) * BN * D;
-    const T* v_tile = s_v + (t & 1) * BN * D;
-    float s[NT][4], dp[NT][4];
-#pragma unroll
-    for (int i = 0; i < NT; ++i) {
-      s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
-      dp[i][0] = dp[i][1] = dp[i][2] = dp[i][3] = 0.f;
-    }
-    mma_a_bt<T, D, NT>(s, qf, k_tile);
-    mma_a_bt<T, D, NT>(dp, dof, v_tile);
-    const bool need_mask = n0 < last_begin || n0 + BN > first_end;
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int r = e >> 1;
-        float p = exp2f(s[nt][e] * a.scale_log2 - lse2[r]);
-        if (need_mask) {
-          const int64_t j = n0 + nt * 8 + 2 * (lane & 3) + (e & 1);
-          if (j < beg[r] || j >= end[r]) p = 0.f;
-        }
-        s[nt][e] = p * (dp[nt][e] - delta[r]);  // dS
-      }
-    mma_p_b<T, D, BN>(dq, s, k_tile);
-    __syncthreads();
-  }
-  cp_async_wait<0>();
-  if (row_lo >= nq) return;
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int64_t row = r ? row_hi : row_lo;
-    if (row >= nq) break;
-    T* out = static_cast<T*>(a.dq) + ((b * nq + row) * a.heads + h) * D;
-#pragma unroll
-    for (int nt = 0; nt < D / 8; ++nt)
-      *reinterpret_cast<uint32_t*>(out + nt * 8 + 2 * (lane & 3)) =
-          pack2<T>(dq[nt][2 * r] * a.scale, dq[nt][2 * r + 1] * a.scale);
-  }
+// d (64 x N) += A (64 x 16, smem, M-major) * B (16 x N, smem, N-major): both transposed.
+template <typename T, int N>
+__device__ void wgmma_ss_tt(float (&d)[N / 8][4], uint64_t desc_a, uint64_t desc_b);
+template <>
+__device__ __forceinline__ void wgmma_ss_tt<__nv_bfloat16, 64>(float (&d)[64/8][4], uint64_t desc_a, uint64_t desc_b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, %32, %33, p, 1, 1, 1, 1;\n}\n"
+      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
+      : "l"(desc_a), "l"(desc_b), "r"(1));
+}
+template <>
+__device__ __forceinline__ void wgmma_ss_tt<__half, 64>(float (&d)[64/8][4], uint64_t desc_a, uint64_t desc_b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, %32, %33, p, 1, 1, 1, 1;\n}\n"
+      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
+      : "l"(desc_a), "l"(desc_b), "r"(1));
 }
 
 template <int D>
-struct FlashDkdvConfig {
-  static constexpr int kBlockN = 64, kBlockM = 64, kWarps = 4, kThreads = kWarps * 32;
-  // K, V, Q x2, dO x2, then per-query lse2, delta, key begin, key end x2
-  static constexpr size_t kTileBytes = size_t(2 * kBlockN + 4 * kBlockM) * D * 2;
-  static constexpr size_t kSmemBytes = kTileBytes + 2 * 4 * kBlockM * 4;
+struct FlashBackwardWgmmaConfig {
+  // Two warpgroups of 64 keys each; 64-query tiles double-buffered.
+  static constexpr int kBlockN = 128, kBlockM = 64, kWarps = 8, kThreads = kWarps * 32;
+  // K, V, Q x2, dO x2, dS^T [kBlockN][kBlockM]; then per-query lse2, delta, key begin, key end x2
+  static constexpr size_t kTileBytes = size_t(2 * kBlockN + 4 * kBlockM) * D * 2 + size_t(kBlockN) * kBlockM * 2;
+  static constexpr size_t kSmemBytes = kTileBytes + 2 * 4 * kBlockM * 4 + 1024;  // + alignment
 };
 
-// dk, dv (assigned): one CTA per (64-key tile, batch * head); warp w owns keys
-// [16 w, 16 w + 16) and loops over the query rows that see any key of the tile:
-// S^T = K Q^T, P^T = exp(S^T - lse), dP^T = V dO^T, dS^T = P^T (dP^T - delta),
-// dV += P^T dO, dK += dS^T Q.
+// The backward on wgmma: dk, dv assigned; dq accumulated with fp32 reductions into dq_accum. Warpgroup g owns
+// keys [64 g, 64 g + 64) of the CTA's 128; per 64-query tile:
+//   S^T = K Q^T, dP^T = V dO^T (shared x shared), dV += P^T dO, dK += dS^T Q (P^T, dS^T
+//   from registers, dO / Q transposed by the descriptor), dS^T to shared memory, then
+//   dQ_tile = dS K (both transposed by the descriptor) reduced into dq_accum: for d = 128
+//   warpgroup g computes head-dim half g over all 128 keys, for d = 64 all of d over its
+//   own 64 keys (the reduction adds the two halves).
 template <typename T, int D>
-__global__ void __launch_bounds__(FlashDkdvConfig<D>::kThreads, 2) flash_dkdv_kernel(const FlashArgs a) {
-  using Cfg = FlashDkdvConfig<D>;
+__global__ void __launch_bounds__(FlashBackwardWgmmaConfig<D>::kThreads, 1)
+    flash_backward_wgmma_kernel(const FlashArgs a, float* dq_accum) {
+  using Cfg = FlashBackwardWgmmaConfig<D>;
   constexpr int BN = Cfg::kBlockN, BM = Cfg::kBlockM, MT = BM / 8, THREADS = Cfg::kThreads;
-  extern __shared__ __align__(128) unsigned char smem[];
-  T* s_k = reinterpret_cast<T*>(smem);
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  unsigned char* smem = smem_raw + ((1024 - smem_u32(smem_raw) % 1024) % 1024);
+  T* s_k = reinterpret_cast<T*>(smem);  // wgmma layout throughout
   T* s_v = s_k + BN * D;
-  T* s_q = s_v + BN * D;      // [2][BM][D]
-  T* s_do = s_q + 2 * BM * D;  // [2][BM][D]
+  T* s_q = s_v + BN * D;        // [2][BM][D]
+  T* s_do = s_q + 2 * BM * D;   // [2][BM][D]
+  T* s_ds = s_do + 2 * BM * D;  // [BN][BM]
   float* s_lse2 = reinterpret_cast<float*>(smem + Cfg::kTileBytes);  // [2][BM]
   float* s_delta = s_lse2 + 2 * BM;                                  // [2][BM]
   int* s_beg = reinterpret_cast<int*>(s_delta + 2 * BM);             // [2][BM] (relative to k0)
   int* s_end = s_beg + 2 * BM;                                       // [2][BM]
-  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize, group = warp / 4;
   const int64_t nq = a.range.num_queries, nk = a.range.num_keys;
   const int64_t k0 = int64_t(blockIdx.x) * BN;
   const int h = int(blockIdx.y % a.heads);
@@ -928,7 +800,6 @@ __global__ void __launch_bounds__(FlashDkdvConfig<D>::kThreads, 2) flash_dkdv_ke
   a.range.queries_of(last_key, unused2, span_end);
   const int num_tiles = span_end > span_begin ? int((span_end - span_begin + BM - 1) / BM) : 0;
 
-  // Per-query statistics of the query tile starting at m0 into buffer `buf`.
   auto load_stats = [&](int buf, int64_t m0) {
     for (int c = threadIdx.x; c < BM; c += THREADS) {
       const int64_t i = m0 + c;
@@ -941,18 +812,17 @@ __global__ void __launch_bounds__(FlashDkdvConfig<D>::kThreads, 2) flash_dkdv_ke
       }
       s_lse2[buf * BM + c] = l2;
       s_delta[buf * BM + c] = dl;
-      // Key bounds relative to k0, clamped to [0, BN] (fits int).
       const int64_t rb = kb - k0, re = ke - k0;
       s_beg[buf * BM + c] = int(rb < 0 ? 0 : (rb > BN ? BN : rb));
       s_end[buf * BM + c] = int(re < 0 ? 0 : (re > BN ? BN : re));
     }
   };
 
-  load_tile<T, D, BN, THREADS>(s_k, kg, a.ks.token, k0, nk);
-  load_tile<T, D, BN, THREADS>(s_v, vg, a.vs.token, k0, nk);
+  load_wg_tile<T, D, BN, THREADS>(s_k, kg, a.ks.token, k0, nk);
+  load_wg_tile<T, D, BN, THREADS>(s_v, vg, a.vs.token, k0, nk);
   if (num_tiles > 0) {
-    load_tile<T, D, BM, THREADS>(s_q, qg, a.qs.token, span_begin, span_end);
-    load_tile<T, D, BM, THREADS>(s_do, dog, a.dos.token, span_begin, span_end);
+    load_wg_tile<T, D, BM, THREADS>(s_q, qg, a.qs.token, span_begin, span_end);
+    load_wg_tile<T, D, BM, THREADS>(s_do, dog, a.dos.token, span_begin, span_end);
     load_stats(0, span_begin);
   }
   cp_async_commit();
@@ -963,57 +833,125 @@ __global__ void __launch_bounds__(FlashDkdvConfig<D>::kThreads, 2) flash_dkdv_ke
 #pragma unroll
     for (int e = 0; e < 4; ++e) dk[i][e] = dv[i][e] = 0.f;
   const int key_lo = warp * 16 + lane / 4;  // this thread's key rows (relative): key_lo, key_lo + 8
+  const uint32_t k_addr = smem_u32(s_k), v_addr = smem_u32(s_v), ds_addr = smem_u32(s_ds);
+  const uint32_t kv_rows = group * 64 * 128;  // byte offset of this warpgroup's 64 key rows
 
   for (int t = 0; t < num_tiles; ++t) {
     const int64_t m0 = span_begin + int64_t(t) * BM;
     if (t + 1 < num_tiles) {
-      const int buf = (t + 1) & 1;
-      load_tile<T, D, BM, THREADS>(s_q + buf * BM * D, qg, a.qs.token, m0 + BM, span_end);
-      load_tile<T, D, BM, THREADS>(s_do + buf * BM * D, dog, a.dos.token, m0 + BM, span_end);
-      load_stats(buf, m0 + BM);
+      const int nb = (t + 1) & 1;
+      load_wg_tile<T, D, BM, THREADS>(s_q + nb * BM * D, qg, a.qs.token, m0 + BM, span_end);
+      load_wg_tile<T, D, BM, THREADS>(s_do + nb * BM * D, dog, a.dos.token, m0 + BM, span_end);
+      load_stats(nb, m0 + BM);
     }
     cp_async_commit();
     cp_async_wait<1>();
+    fence_proxy_async();
     __syncthreads();
     const int buf = t & 1;
-    const T* q_tile = s_q + buf * BM * D;
-    const T* do_tile = s_do + buf * BM * D;
-    // P^T first, consumed by dV while still packed in T (frees its fp32 registers before dP^T).
+    const uint32_t q_addr = smem_u32(s_q + buf * BM * D), do_addr = smem_u32(s_do + buf * BM * D);
+
+    // S^T = K Q^T (this warpgroup's 64 keys x 64 queries).
     uint32_t pa[BM / 16][4];
     {
       float s[MT][4];
 #pragma unroll
       for (int i = 0; i < MT; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
-      mma_tile_a_bt<T, D, MT>(s, s_k, warp * 16, q_tile);
+      wg_fence_operands(s);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk)
+        wgmma_ss<T, BM>(s, wg_desc(k_addr + (kk / 4) * BN * 128 + kv_rows + (kk % 4) * 32, 16, 1024),
+                        wg_desc(q_addr + (kk / 4) * BM * 128 + (kk % 4) * 32, 16, 1024));
+      wgmma_commit();
+      wgmma_wait_all();
+      wg_fence_operands(s);
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int c = mt * 8 + 2 * (lane & 3) + (e & 1);  // query column within the tile
           const int key = key_lo + 8 * (e >> 1);
-          float p = exp2f(s[mt][e] * a.scale_log2 - s_lse2[buf * BM + c]);
+          float p = fast_exp2(fmaf(s[mt][e], a.scale_log2, -s_lse2[buf * BM + c]));
           if (key < s_beg[buf * BM + c] || key >= s_end[buf * BM + c]) p = 0.f;
           s[mt][e] = p;
         }
       pack_a_fragments<T, BM>(pa, s);
     }
-    mma_packed_b<T, D, BM>(dv, pa, do_tile);
-    float dp[MT][4];
+    // dV += P^T dO and dP^T = V dO^T in one batch.
+    {
+      float dp[MT][4];
 #pragma unroll
-    for (int i = 0; i < MT; ++i) dp[i][0] = dp[i][1] = dp[i][2] = dp[i][3] = 0.f;
-    mma_tile_a_bt<T, D, MT>(dp, s_v, warp * 16, do_tile);
+      for (int i = 0; i < MT; ++i) dp[i][0] = dp[i][1] = dp[i][2] = dp[i][3] = 0.f;
+      wg_fence_operands(dv);
+      wg_fence_operands(dp);
+      wgmma_fence();
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
+      for (int kk = 0; kk < BM / 16; ++kk)
+        wgmma_rs_tb<T, D>(dv, pa[kk], wg_desc(do_addr + kk * 16 * 128, BM * 128, 1024));
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int c = mt * 8 + 2 * (lane & 3) + (e & 1);
-        // P^T back from its packed T copy (the value dV used).
-        const uint32_t bits = pa[mt / 2][(mt & 1) * 2 + (e >> 1)];
-        const float p = (e & 1) ? unpack_hi<T>(bits) : unpack_lo<T>(bits);
-        dp[mt][e] = p * (dp[mt][e] - s_delta[buf * BM + c]);  // dS^T
+      for (int kk = 0; kk < D / 16; ++kk)
+        wgmma_ss<T, BM>(dp, wg_desc(v_addr + (kk / 4) * BN * 128 + kv_rows + (kk % 4) * 32, 16, 1024),
+                        wg_desc(do_addr + (kk / 4) * BM * 128 + (kk % 4) * 32, 16, 1024));
+      wgmma_commit();
+      wgmma_wait_all();
+      wg_fence_operands(dv);
+      wg_fence_operands(dp);
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int c = mt * 8 + 2 * (lane & 3) + (e & 1);
+          const uint32_t bits = pa[mt / 2][(mt & 1) * 2 + (e >> 1)];  // P^T as dV used it
+          const float p = (e & 1) ? unpack_hi<T>(bits) : unpack_lo<T>(bits);
+          dp[mt][e] = p * (dp[mt][e] - s_delta[buf * BM + c]);  // dS^T
+        }
+      pack_a_fragments<T, BM>(pa, dp);  // pa now holds dS^T
+    }
+    // dS^T to shared memory (read by the dQ product through the async proxy).
+#pragma unroll
+    for (int kk = 0; kk < BM / 16; ++kk)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int row = key_lo + 8 * (r & 1), chunk = 2 * kk + (r >> 1);
+        *reinterpret_cast<uint32_t*>(s_ds + wg_offset<BN>(row, chunk) + 2 * (lane & 3)) = pa[kk][r];
       }
-    mma_p_b<T, D, BM>(dk, dp, q_tile);
+    fence_proxy_async();
     __syncthreads();
+    // dK += dS^T Q, and dQ_tile = dS K.
+    {
+      constexpr int kDqKeys = D == 128 ? BN : BN / 2;  // keys summed by this warpgroup
+      const uint32_t dq_key0 = D == 128 ? 0 : group * 64;
+      const uint32_t dq_col_bytes = D == 128 ? group * BN * 128 : 0;  // d-block g of the K tile
+      float dq[8][4];
+#pragma unroll
+      for (int i = 0; i < 8; ++i) dq[i][0] = dq[i][1] = dq[i][2] = dq[i][3] = 0.f;
+      wg_fence_operands(dk);
+      wg_fence_operands(dq);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < BM / 16; ++kk)
+        wgmma_rs_tb<T, D>(dk, pa[kk], wg_desc(q_addr + kk * 16 * 128, BM * 128, 1024));
+#pragma unroll
+      for (int kk = 0; kk < kDqKeys / 16; ++kk)
+        wgmma_ss_tt<T, 64>(dq, wg_desc(ds_addr + (dq_key0 + kk * 16) * 128, BN * 128, 1024),
+                           wg_desc(k_addr + dq_col_bytes + (dq_key0 + kk * 16) * 128, BN * 128, 1024));
+      wgmma_commit();
+      wgmma_wait_all();
+      wg_fence_operands(dk);
+      wg_fence_operands(dq);
+      const int dq_col0 = D == 128 ? group * 64 : 0;
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int64_t row = m0 + (warp & 3) * 16 + lane / 4 + 8 * r;
+        if (row < nq && row < span_end) {
+          float* out = dq_accum + ((b * nq + row) * a.heads + h) * D + dq_col0 + 2 * (lane & 3);
+#pragma unroll
+          for (int nt = 0; nt < 8; ++nt) red_add_v2(out + nt * 8, dq[nt][2 * r], dq[nt][2 * r + 1]);
+        }
+      }
+    }
+    __syncthreads();  // Q / dO buffer, statistics and dS^T are rewritten next iteration
   }
   cp_async_wait<0>();
 #pragma unroll
@@ -1029,6 +967,19 @@ __global__ void __launch_bounds__(FlashDkdvConfig<D>::kThreads, 2) flash_dkdv_ke
       *reinterpret_cast<uint32_t*>(dv_out + col) = pack2<T>(dv[nt][2 * r], dv[nt][2 * r + 1]);
     }
   }
+}
+
+// dq = scale * dq_accum, converted to T (assigned); 4 elements per thread.
+template <typename T>
+__global__ void flash_dq_convert_kernel(T* __restrict__ dq, const float* __restrict__ dq_accum, int64_t n,
+                                        float scale) {
+  const int64_t i = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * 4;
+  if (i >= n) return;
+  const float4 v = *reinterpret_cast<const float4*>(dq_accum + i);
+  uint2 out;
+  out.x = pack2<T>(v.x * scale, v.y * scale);
+  out.y = pack2<T>(v.z * scale, v.w * scale);
+  *reinterpret_cast<uint2*>(dq + i) = out;
 }
 
 // Whether the flash kernels take this problem: bf16/f16, head dim 64 or 128, every row
@@ -1071,13 +1022,13 @@ FlashArgs flash_args(const Tensor& q, const Tensor& k, const Tensor& v, double s
 template <typename T, int D>
 void flash_forward(Tensor& o, Tensor& lse, Tensor& row_max, const Tensor& q, const Tensor& k, const Tensor& v,
                    double scale, const DeviceKeyRange& range, cudaStream_t stream) {
-  using Cfg = FlashForwardConfig<D>;
   FlashArgs a = flash_args(q, k, v, scale, range);
   a.o = o.data_ptr();
   a.lse = ptr<float>(lse);
   a.row_max = ptr<float>(row_max);
+  using Cfg = FlashForwardWgmmaConfig<D>;
   const dim3 grid(unsigned(ceil_div(range.num_queries, Cfg::kBlockM)), unsigned(q.size(0) * q.size(2)));
-  launch_flash(flash_forward_kernel<T, D>, grid, Cfg::kThreads, Cfg::kSmemBytes, stream, a);
+  launch_flash(flash_forward_wgmma_kernel<T, D>, grid, Cfg::kThreads, Cfg::kSmemBytes, stream, a);
 }
 
 template <typename T, int D>
@@ -1100,13 +1051,22 @@ void flash_backward(Tensor& dq, Tensor& dk, Tensor& dv, const Tensor& d_o, const
     flash_delta_kernel<T><<<unsigned(ceil_div(rows, kGenericWarps)), kGenericWarps * kWarpSize, 0, stream>>>(
         a, batch, D);
     CUDA_CHECK_LAUNCH();
-    using Dq = FlashDqConfig<D>;
-    launch_flash(flash_dq_kernel<T, D>, dim3(unsigned(ceil_div(range.num_queries, Dq::kBlockM)), unsigned(bh)),
-                 Dq::kThreads, Dq::kSmemBytes, stream, a);
   }
-  using Dkdv = FlashDkdvConfig<D>;
-  launch_flash(flash_dkdv_kernel<T, D>, dim3(unsigned(ceil_div(range.num_keys, Dkdv::kBlockN)), unsigned(bh)),
-               Dkdv::kThreads, Dkdv::kSmemBytes, stream, a);
+  Tensor dq_accum = Tensor::empty(dq.shape(), DType::F32, dq.device());  // [B, Nq, H, d] fp32 scratch
+  CUDA_CHECK(cudaMemsetAsync(dq_accum.data_ptr(), 0, dq_accum.nbytes(), stream));
+  using Cfg = FlashBackwardWgmmaConfig<D>;
+  auto kernel = flash_backward_wgmma_kernel<T, D>;
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(Cfg::kSmemBytes)));
+  kernel<<<dim3(unsigned(ceil_div(range.num_keys, Cfg::kBlockN)), unsigned(bh)), Cfg::kThreads, Cfg::kSmemBytes,
+           stream>>>(a, ptr<float>(dq_accum));
+  CUDA_CHECK_LAUNCH();
+  const int64_t n = dq.numel();
+  if (n > 0) {
+    flash_dq_convert_kernel<T><<<unsigned(ceil_div(n / 4, 256)), 256, 0, stream>>>(static_cast<T*>(dq.data_ptr()),
+                                                                                 ptr<const float>(dq_accum), n,
+                                                                                 float(scale));
+    CUDA_CHECK_LAUNCH();
+  }
 }
 
 }  // namespace
