@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the GPU machine: configure with Ninja, build with all cores, run every test (GPU
-# cases included) and the op benchmark, then print a short summary. Logs and JSON go to
+# cases included), the op and whole-model benchmarks, then print a short summary. Logs and JSON go to
 # $OUT when set (the device tool), else to build-gpu/.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -19,5 +19,6 @@ grep -E "tests passed|tests failed|\*\*\*Failed|Not Run" "$out/ctest.log" | tail
 echo "ctest exit code: $test_rc; lines mentioning skips: $skipped"
 if [ "${1:-}" != "--no-bench" ]; then
   ./build-gpu/rehyat bench ops --json "$out/bench_ops.json" 2>&1 | tee "$out/bench_ops.txt"
+  ./build-gpu/rehyat bench model --json "$out/bench_model.json" 2>&1 | tee "$out/bench_model.txt"
 fi
 exit $test_rc
