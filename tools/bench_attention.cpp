@@ -6,6 +6,12 @@
 // Nq * Nk for full attention and only the (query, key) pairs a query's key range holds
 // when chunked; forward + backward uses the usual convention 3.5x the forward's FLOPs.
 // The ceiling is a bf16 8192^3 GEMM through kernels::matmul (cuBLASLt) in the same run.
+// --kind rehyat times the hybrid attention op (attention/hybrid_attention.h: chunk softmax
+// + linear part, features given, Dp = --feature-dim) through autograd (forward with no
+// grad recording; forward+backward = forward recorded + backward); --phi-mlp adds a
+// per-head feature MLP like the peer's (x @ W1 [d, Dp], GELU, @ W2 [Dp, Dp] in bf16,
+// softplus, square half) on q and k, so the time compares with the peer's hybrid().
+// FLOPs reported for rehyat count the softmax part only (the linear part is extra work).
 //
 // Timing: CUDA events on the device's compute stream, warm-up runs first, the median of
 // --iters runs; inputs are random normal (never zeros). The raw kernels are timed (no
@@ -22,7 +28,10 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "attention/hybrid_attention.h"
 #include "attention/softmax_attention.h"
+#include "autograd/graph.h"
+#include "autograd/ops.h"
 #include "core/check.h"
 #include "core/device.h"
 #include "core/tensor.h"
@@ -43,6 +52,9 @@ struct AttentionBenchOptions {
   int64_t chunk_frames = 0, overlap_frames = 0;
   std::string dtype = "bf16";
   int iters = 20, warmup = 3;
+  std::string kind = "softmax";  // softmax | rehyat
+  bool causal = false, phi_mlp = false;
+  int64_t feature_dim = 256;
 };
 
 #ifdef REHYAT_CUDA
@@ -94,6 +106,68 @@ void run_attention_bench(const AttentionBenchOptions& opt) {
   Tensor k = Tensor::randn({1, n, h, d}, 12, 0, DType::F32, gpu).to(dtype);
   Tensor v = Tensor::randn({1, n, h, d}, 13, 0, DType::F32, gpu).to(dtype);
   Tensor d_o = Tensor::randn({1, n, h, d}, 14, 0, DType::F32, gpu).to(dtype);
+  if (opt.kind == "rehyat") {
+    attention::HybridOptions ho;
+    ho.kind = attention::AttentionKind::Rehyat;
+    ho.frame_tokens = opt.height * opt.width;
+    ho.chunk_frames = opt.chunk_frames > 0 ? opt.chunk_frames : 3;
+    ho.overlap_frames = opt.overlap_frames;
+    ho.causal = opt.causal;
+    const int64_t dp = opt.feature_dim;
+    Tensor pq = Tensor::rand({1, n, h, dp}, 15, 0, DType::F32, gpu, 0.0, 0.1);
+    Tensor pk = Tensor::rand({1, n, h, dp}, 16, 0, DType::F32, gpu, 0.0, 0.1);
+    Tensor w1 = Tensor::randn({h, d, dp}, 17, 0, DType::F32, gpu, 0.0, 1.0 / std::sqrt(double(d))).to(dtype);
+    Tensor w2 = Tensor::randn({h, dp, dp}, 18, 0, DType::F32, gpu, 0.0, 1.0 / std::sqrt(double(dp))).to(dtype);
+    for (Tensor* t : {&q, &k, &v, &pq, &pk, &w1, &w2}) t->set_requires_grad(true);
+    auto phi = [&](const Tensor& x) {  // [1, N, H, d] -> [1, N, H, Dp] f32
+      Tensor xh = x.permute({0, 2, 1, 3}).reshape({h, n, d});
+      Tensor p = softplus(matmul(gelu(matmul(xh, w1)), w2).to(DType::F32));  // [H, N, Dp]
+      Tensor f = concat({p.slice(2, 0, dp / 2), square(p.slice(2, dp / 2, dp))}, 2);
+      return f.permute({1, 0, 2}).unsqueeze(0).contiguous();
+    };
+    auto op = [&] {
+      return opt.phi_mlp ? attention::hybrid_attention(q, k, v, phi(q), phi(k), ho)
+                         : attention::hybrid_attention(q, k, v, pq, pk, ho);
+    };
+    attention::KeyRange chunk;
+    chunk.frame_tokens = ho.frame_tokens;
+    chunk.chunk_frames = ho.chunk_frames;
+    chunk.overlap_frames = ho.overlap_frames;
+    const double soft_flop = 4.0 * double(attention::scored_pairs(chunk, n, n)) * double(d) * double(h);
+    const double fwd_ms = median_ms(ctx.stream, opt.warmup, opt.iters, [&] {
+      autograd::NoGradGuard no_grad;
+      op();
+    });
+    const double fwdbwd_ms = median_ms(ctx.stream, opt.warmup, opt.iters, [&] { op().backward(d_o); });
+    fmt::print("rehyat bench attention on {} ({} SMs); median of {} runs after {} warm-up\n", ctx.props.name,
+               ctx.props.multiProcessorCount, opt.iters, opt.warmup);
+    fmt::print("shape: B1 N{} ({}x{}x{}) H{} d{} {} rehyat Tc={} To={} {} Dp={}{}; softmax part {:.3f} TFLOP\n", n,
+               opt.frames, opt.height, opt.width, h, d, opt.dtype, ho.chunk_frames, ho.overlap_frames,
+               opt.causal ? "causal" : "non-causal", dp, opt.phi_mlp ? " (+ phi MLP on q and k)" : " (features given)",
+               soft_flop / 1e12);
+    fmt::print("{:<34} {:>10} {:>12} {:>10}\n", "what", "ms", "TFLOP/s", "of GEMM");
+    fmt::print("{:<34} {:>10.3f} {:>12.1f} {:>9.0f}%\n", "bf16 GEMM 8192^3 (ceiling)", gemm_ms, gemm_tflops, 100.0);
+    const double tf = soft_flop / (fwd_ms * 1e9), tfb = 3.5 * soft_flop / (fwdbwd_ms * 1e9);
+    fmt::print("{:<34} {:>10.3f} {:>12.1f} {:>9.0f}%\n", "hybrid forward (softmax flop)", fwd_ms, tf,
+               100 * tf / gemm_tflops);
+    fmt::print("{:<34} {:>10.3f} {:>12.1f} {:>9.0f}%\n", "hybrid forward+backward", fwdbwd_ms, tfb,
+               100 * tfb / gemm_tflops);
+    if (!opt.json_path.empty()) {
+      nlohmann::json out;
+      out["device"] = ctx.props.name;
+      out["kind"] = "rehyat";
+      out["causal"] = opt.causal;
+      out["phi_mlp"] = opt.phi_mlp;
+      out["feature_dim"] = dp;
+      out["forward_ms"] = fwd_ms;
+      out["forward_backward_ms"] = fwdbwd_ms;
+      out["softmax_forward_flop"] = soft_flop;
+      out["gemm_ceiling_tflop_per_s"] = gemm_tflops;
+      std::ofstream file(opt.json_path);
+      file << out.dump(2) << "\n";
+    }
+    return;
+  }
   const DType stats = attention::kernels::stats_dtype(dtype);
   Tensor o = Tensor::empty({1, n, h, d}, dtype, gpu), lse = Tensor::empty({1, h, n}, stats, gpu),
          row_max = Tensor::empty({1, h, n}, stats, gpu);
@@ -182,6 +256,10 @@ void add_bench_attention_command(CLI::App& bench) {
       ->capture_default_str();
   cmd->add_option("--overlap-frames", o->overlap_frames, "Overlap To in frames")->capture_default_str();
   cmd->add_option("--dtype", o->dtype, "bf16, f16 or f32")->capture_default_str();
+  cmd->add_option("--kind", o->kind, "softmax (the flash kernels) or rehyat (the hybrid op)")->capture_default_str();
+  cmd->add_flag("--causal", o->causal, "rehyat: causal linear part");
+  cmd->add_option("--feature-dim", o->feature_dim, "rehyat: feature dim Dp")->capture_default_str();
+  cmd->add_flag("--phi-mlp", o->phi_mlp, "rehyat: include the per-head feature MLP on q and k (peer's hybrid())");
   cmd->add_option("--iters", o->iters, "Timed runs (the median is reported)")->capture_default_str();
   cmd->add_option("--warmup", o->warmup, "Untimed runs before timing")->capture_default_str();
   cmd->callback([o] { run_bench_attention(*o); });

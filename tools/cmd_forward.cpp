@@ -1,7 +1,12 @@
 // `rehyat forward`: one forward (and optionally backward) pass of a model on inputs read
 // from a safetensors file, written to another — how anyone checks the framework against
 // an external implementation (PyTorch, JAX, numpy; tests/tools/test_forward.py does it
-// against an independent numpy Wan2.1).
+// against an independent numpy Wan2.1, test_forward_hybrid.py for the ReHyAt attention).
+//
+//   MODEL: YAML with a `model:` section and optionally an `attention:` section
+//          (attention/attention_config.h); `--set key=value` overrides either. With
+//          attention.kind != softmax the converted blocks get HybridAttentionCores and
+//          the weights must then hold their feature maps (blocks.N.self_attn.phi_q.*, phi_k.*).
 //
 //   IN:  latents [B, in_dim, F, H, W] f32, timestep [B] f32 in [0, 1000],
 //        context [B, L, text_dim] f32 with L <= text_len (zero-padded inside, as Wan does),
@@ -15,6 +20,7 @@
 // atomically, so a failed run leaves nothing half-written.
 #include <chrono>
 #include <filesystem>
+#include <set>
 
 #include <fmt/format.h>
 
@@ -23,6 +29,8 @@
 #include "core/device.h"
 #include "core/log.h"
 #include "core/safetensors.h"
+#include "attention/attention_config.h"
+#include "layers/hybrid_core.h"
 #include "layers/wan_checkpoint.h"
 #include "layers/wan_model.h"
 #include "tools/commands.h"
@@ -38,6 +46,7 @@ struct ForwardOptions {
   std::string out_path;
   std::string device = "cpu";
   std::string dtype = "f32";
+  std::vector<std::string> overrides;  // --set key=value
   bool grad = false;
   bool force = false;
 };
@@ -91,6 +100,30 @@ ForwardInputs read_inputs(const std::string& path, const layers::WanConfig& conf
   return in;
 }
 
+// With hybrid cores installed, a teacher checkpoint lacks the feature maps: say so plainly
+// before the generic missing-tensor listing.
+void check_feature_maps_present(const layers::WanModel& model, const std::string& weights_path,
+                                const std::vector<int>& converted, const std::string& kind) {
+  if (converted.empty()) return;
+  std::set<std::string> keys;
+  for (const std::string& path : layers::checkpoint_files(weights_path)) {
+    SafetensorsFile file = SafetensorsFile::open(path);
+    for (const std::string& name : file.names()) keys.insert(name);
+  }
+  const layers::CheckpointNaming naming = layers::detect_naming({keys.begin(), keys.end()});
+  std::vector<std::string> missing;
+  for (const auto& [name, param] : model.named_parameters())
+    if ((name.find(".self_attn.phi_q.") != std::string::npos || name.find(".self_attn.phi_k.") != std::string::npos) &&
+        !keys.count(layers::name_in(naming, name)))
+      missing.push_back(name);
+  if (missing.empty()) return;
+  REHYAT_FAIL(
+      "{}: attention.kind {} converts blocks [{}], but the weights lack {} of their feature-map tensors "
+      "(e.g. {}); a softmax teacher checkpoint has none: distill the feature maps first, or run the teacher "
+      "with attention.kind=softmax",
+      weights_path, kind, fmt::join(converted, ", "), missing.size(), fmt::join(missing.begin(), missing.begin() + std::min<size_t>(missing.size(), 4), ", "));
+}
+
 Device parse_device(const std::string& name) {
   if (name == "cpu") return Device::cpu();
   REHYAT_CHECK(name == "cuda", "--device must be cpu or cuda, got '{}'", name);
@@ -108,13 +141,25 @@ void run_forward(const ForwardOptions& options) {
                options.dtype);
   const DType compute = options.dtype == "bf16" ? DType::BF16 : DType::F32;
 
-  const layers::WanConfig config = layers::load_wan_config(options.model_path);
+  ConfigSchema schema;
+  layers::declare_model_config(schema);
+  attention::declare_attention_config(schema);
+  const Config model_file = load_config(options.model_path, schema, options.overrides);
+  const layers::WanConfig config = layers::from_config(model_file);
+  const attention::AttentionConfig attention_config = attention::attention_config_from(model_file, config);
   ForwardInputs in = read_inputs(options.inputs_path, config, options.grad);
   layers::WanModel model(config, device, DType::F32);
+  const std::vector<int> converted = layers::apply_attention_config(model, attention_config);
+  const std::string kind = attention::attention_kind_name(attention_config.kind);
+  check_feature_maps_present(model, options.weights_path, converted, kind);
   const layers::LoadResult loaded = layers::load_checkpoint(model, options.weights_path);
   log::info("forward: {} parameters ({} naming) from {}, {} x {} on {}, compute {}", model.parameter_count(),
             layers::naming_name(loaded.naming), options.weights_path, shape_str(in.latents.shape()),
             options.grad ? "with gradients" : "forward only", options.device, options.dtype);
+  if (!converted.empty())
+    log::info("forward: {} attention in blocks [{}] (chunk_frames {}, overlap_frames {}, {}), softmax elsewhere", kind,
+              fmt::join(converted, ", "), attention_config.chunk_frames, attention_config.overlap_frames,
+              attention_config.causal ? "causal" : "non-causal");
 
   const auto start = Clock::now();
   std::vector<std::pair<std::string, Tensor>> outputs;
@@ -140,7 +185,7 @@ void run_forward(const ForwardOptions& options) {
 
   save_safetensors(options.out_path, outputs,
                    {{"generator", "rehyat forward"}, {"model", options.model_path}, {"dtype", options.dtype},
-                    {"device", options.device}});
+                    {"device", options.device}, {"attention", kind}});
   log::info("forward: wrote {} tensors to {} ({:.2f} s)", outputs.size(), options.out_path, seconds);
 }
 
@@ -149,7 +194,8 @@ void run_forward(const ForwardOptions& options) {
 void add_forward_command(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("forward", "One forward (and backward) pass on inputs from a safetensors file");
   auto options = std::make_shared<ForwardOptions>();
-  cmd->add_option("--model", options->model_path, "Model YAML (a `model:` section, Wan key names)")
+  cmd->add_option("--model", options->model_path,
+                  "Model YAML: a `model:` section (Wan key names) and optionally an `attention:` section")
       ->required()
       ->check(CLI::ExistingFile);
   cmd->add_option("--weights", options->weights_path, "Weights: safetensors file, shard index or folder (Wan or diffusers names)")
@@ -160,6 +206,10 @@ void add_forward_command(CLI::App& app) {
   cmd->add_option("--out", options->out_path, "Output safetensors: velocity (and grad.* with --grad)")->required();
   cmd->add_option("--device", options->device, "cpu or cuda")->capture_default_str();
   cmd->add_option("--dtype", options->dtype, "Compute dtype: f32 or bf16 (parameters stay f32)")->capture_default_str();
+  cmd->add_option("--set", options->overrides,
+                  "Config override key=value, repeatable (e.g. --set attention.kind=rehyat --set attention.chunk_frames=5)")
+      ->take_all()
+      ->expected(1);
   cmd->add_flag("--grad", options->grad, "Also backpropagate grad_velocity and write grad.latents, grad.<param>");
   cmd->add_flag("--force", options->force, "Replace an existing --out file");
   cmd->callback([options] { run_forward(*options); });

@@ -4,6 +4,8 @@ Written from Wan2.1's public model code (wan/modules/model.py) and SPEC §2, sha
 nothing with the C++ framework: the parity tests feed it the same weights and inputs as
 `rehyat forward` and compare velocities, and use its finite differences to check the
 gradients `rehyat forward --grad` writes. Weights are a dict of Wan key names to arrays.
+forward()'s optional `attention_hook` replaces the self-attention core of every block
+(hybrid_numpy.py plugs ReHyAt in through it).
 """
 import math
 
@@ -169,14 +171,15 @@ def unpatchify(y, grid, patch, out_dim):
     return u.reshape(B, out_dim, f * pt, h * ph, w * pw)
 
 
-def self_attention(W, pre, x, cfg, angles):
+def self_attention(W, pre, x, cfg, angles, core=attention):
+    """core(q, k, v) -> o, all [B, N, H, d] with q, k normed and rotated."""
     B, N, D = x.shape
     H, d = cfg.num_heads, cfg.head_dim
     q = rms_norm(linear(x, W[pre + "q.weight"], W[pre + "q.bias"]), W[pre + "norm_q.weight"], cfg.eps)
     k = rms_norm(linear(x, W[pre + "k.weight"], W[pre + "k.bias"]), W[pre + "norm_k.weight"], cfg.eps)
     v = linear(x, W[pre + "v.weight"], W[pre + "v.bias"])
     q, k, v = (t.reshape(B, N, H, d) for t in (q, k, v))
-    o = attention(rope(q, angles), rope(k, angles), v).reshape(B, N, D)
+    o = core(rope(q, angles), rope(k, angles), v).reshape(B, N, D)
     return linear(o, W[pre + "o.weight"], W[pre + "o.bias"])
 
 
@@ -191,9 +194,12 @@ def cross_attention(W, pre, x, ctx, cfg):
     return linear(o, W[pre + "o.weight"], W[pre + "o.bias"])
 
 
-def forward(weights, cfg, latents, timestep, context, capture=None):
+def forward(weights, cfg, latents, timestep, context, capture=None, attention_hook=None):
     """velocity [B, out_dim, F, H, W] in float64. capture, when a dict, receives per block
-    the self-attention input and output (the distillation cache's two tensors)."""
+    the self-attention input and output (the distillation cache's two tensors).
+    attention_hook, when given, is called as attention_hook(W, block, grid) with the float64 weights,
+    the block index and the token grid (f, h, w); it returns that block's self-attention
+    core q, k, v -> o, or None for full softmax."""
     W = {k: np.asarray(v, dtype=np.float64) for k, v in weights.items()}
     D = cfg.dim
     latents = np.asarray(latents, np.float64)
@@ -218,7 +224,8 @@ def forward(weights, cfg, latents, timestep, context, capture=None):
         m = W[b + "modulation"] + e0  # [B, 6, D]
         m = [m[:, i:i + 1, :] for i in range(6)]
         attn_in = layer_norm(x, cfg.eps) * (1 + m[1]) + m[0]
-        y = self_attention(W, b + "self_attn.", attn_in, cfg, angles)
+        core = attention_hook(W, n, grid) if attention_hook is not None else None
+        y = self_attention(W, b + "self_attn.", attn_in, cfg, angles, core or attention)
         if capture is not None:
             capture[n] = (attn_in, y)
         x = x + y * m[2]
