@@ -13,6 +13,8 @@ void add_inspect_command(CLI::App& app);
 void add_example_command(CLI::App& app);
 // rehyat forward --model M --weights W --inputs IN --out OUT: the parity tool (tools/cmd_forward.cpp).
 void add_forward_command(CLI::App& app);
+// rehyat flops --model M --frames F --height H --width W [--set k=v] [--json]: analytic FLOPs (tools/cmd_flops.cpp).
+void add_flops_command(CLI::App& app);
 // rehyat bench ...: a parent command; each benchmark adds itself as a subcommand of it.
 // bench ops: copy/GEMM ceilings and the memory-bound ops (tools/bench_ops.cpp).
 void add_bench_ops_command(CLI::App& bench);
@@ -20,5 +22,7 @@ void add_bench_ops_command(CLI::App& bench);
 void add_bench_attention_command(CLI::App& bench);
 // bench model: a whole DiT's forward and one block's forward+backward, time and peak memory.
 void add_bench_model_command(CLI::App& bench);
+// bench memory: recurrent ReHyAt vs full-softmax forward, peak memory and time over video length.
+void add_bench_memory_command(CLI::App& bench);
 
 }  // namespace rehyat::tools

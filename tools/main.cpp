@@ -28,11 +28,13 @@ int main(int argc, char** argv) {
   rehyat::tools::add_inspect_command(app);
   rehyat::tools::add_example_command(app);
   rehyat::tools::add_forward_command(app);
+  rehyat::tools::add_flops_command(app);
   CLI::App* bench = app.add_subcommand("bench", "Benchmarks on the GPU (tables, optional JSON)");
   bench->require_subcommand(1);
   rehyat::tools::add_bench_ops_command(*bench);
   rehyat::tools::add_bench_attention_command(*bench);
   rehyat::tools::add_bench_model_command(*bench);
+  rehyat::tools::add_bench_memory_command(*bench);
 
   try {
     app.parse(argc, argv);
