@@ -18,13 +18,18 @@
 //   ghat = [dy / den, -D / den]                                             [B, N, H, d+1]
 //   dphi_q = ghat @ Sq^T; Rq[f] = phi_q(f)^T ghat(f); R = M^T Rq;
 //   dphi_k = vhat @ R^T; dv += phi_k @ R[:, :d];
-//   row max: dc = -ratio (dy.o - D), a = arg-max key (recomputed by a tensor-core scan),
-//   dq_i += scale dc_i k_a, dk_a += scale dc_i q_i (fp32 atomics).
+//   row max: dc = -ratio (dy.o - D), a = arg-max key (tracked by the flash forward's online
+//   softmax), dq_i += scale dc_i k_a, dk_a += scale dc_i q_i: folded into the flash
+//   backward's dS tile (dS[i, a_i] += dc_i). Fallback when the flash kernels do not take the
+//   problem: a tensor-core arg-max scan and fp32 atomics.
 #include "core/ops/cuda_common.cuh"  // first: it configures fmt for nvcc
 
 #include <mma.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "attention/hybrid_attention_cuda.h"
@@ -68,14 +73,110 @@ __device__ __forceinline__ float warp_sum(float x) {
   return x;
 }
 
-// vhat [rows, d+1] = [v, 1] in fp32; rows = B*N*H, v contiguous [rows, d].
+// Width of the extended rows ([v, 1], [dy / den, -D / den]): d + 1 padded with zeros to
+// d + 4 so that every fp32 row is 16-byte aligned for the tensor-core GEMMs.
+inline int64_t ext_width(int64_t d) { return d + 4; }
+
+// vhat [rows, W] = [v, 1, 0, 0, 0] in fp32; rows = B*N*H, v contiguous [rows, d].
 template <typename T>
-__global__ void extend_values_kernel(float* __restrict__ vhat, const T* __restrict__ v, int64_t rows, int d) {
+__global__ void extend_values_kernel(float* __restrict__ vhat, const T* __restrict__ v, int64_t rows, int d, int w) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= rows * (d + 1)) return;
-  const int64_t r = i / (d + 1);
-  const int e = int(i - r * (d + 1));
-  vhat[i] = e < d ? to_f(v[r * d + e]) : 1.0f;
+  if (i >= rows * w) return;
+  const int64_t r = i / w;
+  const int e = int(i - r * w);
+  vhat[i] = e < d ? to_f(v[r * d + e]) : (e == d ? 1.0f : 0.0f);
+}
+
+// REHYAT_HYBRID_PROFILE=1: CUDA events between the phases of each forward / backward call,
+// printed to stderr as "hybrid <fwd|bwd> total ms: phase ms ..." (synchronizes; measurement
+// only).
+class PhaseTimer {
+ public:
+  PhaseTimer(const char* what, cudaStream_t stream) : what_(what), stream_(stream) {
+    static const bool on = [] {
+      const char* e = std::getenv("REHYAT_HYBRID_PROFILE");
+      return e && e[0] == '1';
+    }();
+    on_ = on;
+    mark("start");
+  }
+  void mark(const char* phase) {
+    if (!on_) return;
+    cudaEvent_t e;
+    if (cudaEventCreate(&e) != cudaSuccess) return;
+    cudaEventRecord(e, stream_);
+    events_.push_back({phase, e});
+  }
+  ~PhaseTimer() {
+    if (!on_ || events_.empty()) return;
+    cudaEventSynchronize(events_.back().second);
+    std::string line;
+    float total = 0.f;
+    for (size_t i = 1; i < events_.size(); ++i) {
+      float ms = 0.f;
+      cudaEventElapsedTime(&ms, events_[i - 1].second, events_[i].second);
+      total += ms;
+      line += fmt::format(" {} {:.3f}", events_[i].first, ms);
+    }
+    for (auto& e : events_) cudaEventDestroy(e.second);
+    fmt::print(stderr, "hybrid {} {:.3f} ms:{}\n", what_, total, line);
+  }
+
+ private:
+  const char* what_;
+  cudaStream_t stream_;
+  bool on_ = false;
+  std::vector<std::pair<const char*, cudaEvent_t>> events_;
+};
+
+// Row-major operand of the batched fp32 GEMMs over (b, h, f): element (r, c) of matrix
+// (b, h, f) at p + b * sb + h * sh + f * sf + r * ld + c (row-major) or + r + c * ld (col).
+struct GemmOp {
+  const float* p;
+  int64_t ld;
+  bool col;
+  int64_t sf, sh, sb;
+};
+bool use_tf32() {
+  static const bool on = [] {
+    const char* e = std::getenv("REHYAT_HYBRID_TF32");
+    return !(e && e[0] == '0');
+  }();
+  return on;
+}
+// ptrs[3][count]: the (b, h, f) matrices of a, b, c, i = (b * H + h) * T + f.
+__global__ void gemm_pointers_kernel(void** __restrict__ ptrs, GemmOp a, GemmOp b, GemmOp c, int64_t H,
+                                     int64_t T, int64_t count) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= count) return;
+  const int64_t f = i % T, h = (i / T) % H, bb = i / (T * H);
+  ptrs[i] = const_cast<float*>(a.p + bb * a.sb + h * a.sh + f * a.sf);
+  ptrs[count + i] = const_cast<float*>(b.p + bb * b.sb + h * b.sh + f * b.sf);
+  ptrs[2 * count + i] = const_cast<float*>(c.p + bb * c.sb + h * c.sh + f * c.sf);
+}
+// C[b, h, f] (m x n, row-major) = A[b, h, f] (m x k) @ B[b, h, f] (k x n), all B*H*T
+// products in one cublasGemmBatchedEx on TF32 tensor cores with fp32 accumulation
+// (REHYAT_HYBRID_TF32=0: plain fp32). Row-major C is column-major C^T = B^T A^T, so cuBLAS
+// gets (B, A) swapped; the pointer arrays are filled on the device (no host sync).
+void gemm_f32(cudaStream_t stream, Device dev, int64_t m, int64_t n, int64_t k, GemmOp a, GemmOp b, GemmOp c,
+              int64_t B, int64_t H, int64_t T) {
+  const int64_t count = B * H * T;
+  if (count == 0 || m == 0 || n == 0) return;
+  REHYAT_CHECK(!c.col, "hybrid gemm: output must be row-major");
+  Tensor ptrs = Tensor::empty({3 * count}, DType::I64, dev);
+  void** pp = static_cast<void**>(ptrs.data_ptr());
+  gemm_pointers_kernel<<<unsigned(ceil_div(count, 256)), 256, 0, stream>>>(pp, a, b, c, H, T, count);
+  CUDA_CHECK_LAUNCH();
+  cublasHandle_t h = rehyat::cuda::context(dev).cublas;
+  CUBLAS_CHECK(cublasSetStream(h, stream));
+  const float one = 1.f, zero = 0.f;
+  // Column-major view of row-major B (k x n, ld) is B^T (n x k): op N; of col-major B: op T.
+  CUBLAS_CHECK(cublasGemmBatchedEx(h, b.col ? CUBLAS_OP_T : CUBLAS_OP_N, a.col ? CUBLAS_OP_T : CUBLAS_OP_N, int(n),
+                                   int(m), int(k), &one, pp + count, CUDA_R_32F,
+                                   int(b.ld), pp, CUDA_R_32F, int(a.ld), &zero,
+                                   pp + 2 * count, CUDA_R_32F, int(c.ld), int(count),
+                                   use_tf32() ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F,
+                                   CUBLAS_GEMM_DEFAULT));
 }
 
 // Geometry of one (b, n, h) row: frame-major tokens, aL/ghat-style per-frame layouts.
@@ -94,14 +195,14 @@ template <typename T>
 __global__ void combine_forward_kernel(T* __restrict__ y, float* __restrict__ lse_joint, float* __restrict__ den_out,
                                        float* __restrict__ ratio, const T* __restrict__ o, const float* __restrict__ lse,
                                        const float* __restrict__ row_max, const float* __restrict__ a_lin, RowGeom g,
-                                       int d) {
+                                       int d, int w) {
   const int64_t row = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;  // (b, n, h)
   const int lane = threadIdx.x % 32;
   if (row >= g.batch * g.tokens * g.heads) return;
   const int64_t h = row % g.heads, n = (row / g.heads) % g.tokens, b = row / (g.heads * g.tokens);
   const int64_t s = g.stat(b, n, h);
   const float c = row_max[s], ns = expf(lse[s] - c);
-  const float* al = a_lin + g.frame_row(b, n, h) * (d + 1);
+  const float* al = a_lin + g.frame_row(b, n, h) * w;
   const float den = ns + al[d];
   const float inv = 1.0f / den;
   for (int e = lane; e < d; e += 32) y[row * d + e] = from_f<T>((to_f(o[row * d + e]) * ns + al[e]) * inv);
@@ -116,7 +217,7 @@ __global__ void combine_forward_kernel(T* __restrict__ y, float* __restrict__ ls
 template <typename T>
 __global__ void prepare_backward_kernel(float* __restrict__ ghat, float* __restrict__ dc, const T* __restrict__ dy,
                                         const T* __restrict__ y, const T* __restrict__ o, const float* __restrict__ den,
-                                        const float* __restrict__ ratio, RowGeom g, int d) {
+                                        const float* __restrict__ ratio, RowGeom g, int d, int w) {
   const int64_t row = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (row >= g.batch * g.tokens * g.heads) return;
@@ -131,8 +232,9 @@ __global__ void prepare_backward_kernel(float* __restrict__ ghat, float* __restr
   dyy = warp_sum(dyy);
   dyo = warp_sum(dyo);
   const float inv = 1.0f / den[s];
-  float* gh = ghat + g.frame_row(b, n, h) * (d + 1);
+  float* gh = ghat + g.frame_row(b, n, h) * w;
   for (int e = lane; e < d; e += 32) gh[e] = to_f(dy[row * d + e]) * inv;
+  if (lane < w - d - 1) gh[d + 1 + lane] = 0.f;
   if (lane == 0) {
     gh[d] = -dyy * inv;
     dc[s] = -ratio[s] * (dyo - dyy);
@@ -228,6 +330,17 @@ __global__ void scatter_row_max_kernel(float* __restrict__ dk_corr, const T* __r
   for (int e = lane; e < d; e += 32) atomicAdd(&dk_corr[target + e], coef * to_f(q[row * d + e]));
 }
 
+// dv += dv_lin (frame-major rows); one warp per row.
+template <typename T>
+__global__ void add_dv_kernel(T* __restrict__ dv, const float* __restrict__ dv_lin, RowGeom g, int d) {
+  const int64_t row = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (row >= g.batch * g.tokens * g.heads) return;
+  const int64_t h = row % g.heads, n = (row / g.heads) % g.tokens, b = row / (g.heads * g.tokens);
+  const float* dvl = dv_lin + g.frame_row(b, n, h) * d;
+  for (int e = lane; e < d; e += 32) dv[row * d + e] = from_f<T>(to_f(dv[row * d + e]) + dvl[e]);
+}
+
 // dq += scale dc k_a, dk += dk_corr, dv += dv_lin; one warp per row.
 template <typename T>
 __global__ void finalize_backward_kernel(T* __restrict__ dq, T* __restrict__ dk, T* __restrict__ dv,
@@ -267,6 +380,7 @@ struct Saved {
   Tensor q, k, v, phi_q, phi_k;  // contiguous inputs
   Tensor o, y;                   // [B, N, H, d]
   Tensor lse_joint, den, ratio;  // [B, H, N] f32
+  Tensor argmax;                 // [B, H, N] i32 from the flash forward (undefined: fallback scan)
   Tensor vhat;                   // [B, N, H, d+1] f32
   Tensor state_q;                // Sq [B, T, H, Dp, d+1] f32
   Tensor linear_mask;            // M [T, T] f32
@@ -279,41 +393,62 @@ Tensor frame_rows(const Tensor& t, int64_t b, int64_t f, int64_t ft) {
   return t.select(0, b).slice(0, f * ft, (f + 1) * ft).permute({1, 0, 2});
 }
 
+// Operands of the GEMMs batched over (b, h, f) (dims of one frame):
+//   tok(p, x): frame f's [ft, x] rows of head h in a token-major [B, N, H, x] tensor;
+//   fm(p, r, x): the [r, x] block (b, f, h) of a frame-major [B, T, H, r, x] tensor.
+struct Layout {
+  int64_t N, H, T, ft;
+  GemmOp tok(const float* p, int64_t x, bool transposed = false) const {
+    return {p, H * x, transposed, ft * H * x, x, N * H * x};
+  }
+  GemmOp fm(const float* p, int64_t r, int64_t x, bool transposed = false) const {
+    return {p, x, transposed, H * r * x, r * x, T * H * r * x};
+  }
+};
+
 template <typename T>
 Tensor forward_impl(Saved& s, const hybrid_detail::Dims& n) {
   const Tensor &q = s.q, &k = s.k, &v = s.v;
   const Device dev = q.device();
   const cudaStream_t stream = rehyat::cuda::stream(dev);
   const int64_t B = n.batch, N = n.tokens, H = n.heads, d = n.head_dim, Dp = n.feature_dim, T_ = n.frames;
-  const int64_t ft = s.options.frame_tokens;
+  const int64_t ft = s.options.frame_tokens, W = ext_width(d);
   KeyRange keys;
   keys.frame_tokens = ft;
   keys.chunk_frames = s.options.chunk_frames;
   keys.overlap_frames = s.options.overlap_frames;
+  PhaseTimer timer("fwd", stream);
   s.o = Tensor::empty(q.shape(), q.dtype(), dev);
   Tensor lse = Tensor::empty({B, H, N}, DType::F32, dev), row_max = Tensor::empty({B, H, N}, DType::F32, dev);
-  softmax_attention_forward(s.o, lse, row_max, q, k, v, s.scale, keys);
+  s.argmax = Tensor::empty({B, H, N}, DType::I32, dev);
+  if (!softmax_attention_forward_argmax(s.o, lse, row_max, s.argmax, q, k, v, s.scale, keys)) {
+    s.argmax = Tensor();
+    softmax_attention_forward(s.o, lse, row_max, q, k, v, s.scale, keys);
+  }
+  timer.mark("flash");
 
-  s.vhat = Tensor::empty({B, N, H, d + 1}, DType::F32, dev);
+  s.vhat = Tensor::empty({B, N, H, W}, DType::F32, dev);
   const int64_t rows = B * N * H;
-  extend_values_kernel<T><<<unsigned(ceil_div(rows * (d + 1), 256)), 256, 0, stream>>>(mptr<float>(s.vhat),
-                                                                                        cptr<T>(v), rows, int(d));
+  extend_values_kernel<T><<<unsigned(ceil_div(rows * W, 256)), 256, 0, stream>>>(mptr<float>(s.vhat), cptr<T>(v),
+                                                                                  rows, int(d), int(W));
   CUDA_CHECK_LAUNCH();
-  Tensor state_f = Tensor::empty({B, T_, H, Dp, d + 1}, DType::F32, dev);
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t f = 0; f < T_; ++f) {
-      Tensor c = state_f.select(0, b).select(0, f);
-      rehyat::kernels::matmul(c, frame_rows(s.phi_k, b, f, ft).transpose(1, 2), frame_rows(s.vhat, b, f, ft));
-    }
-  s.state_q = Tensor::empty({B, T_, H * Dp * (d + 1)}, DType::F32, dev);
-  rehyat::kernels::matmul(s.state_q, s.linear_mask, state_f.view({B, T_, H * Dp * (d + 1)}));
-  s.state_q = s.state_q.view({B, T_, H, Dp, d + 1});
-  Tensor a_lin = Tensor::empty({B, T_, H, ft, d + 1}, DType::F32, dev);
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t f = 0; f < T_; ++f) {
-      Tensor c = a_lin.select(0, b).select(0, f);
-      rehyat::kernels::matmul(c, frame_rows(s.phi_q, b, f, ft), s.state_q.select(0, b).select(0, f));
-    }
+  timer.mark("vhat");
+  const Layout L{N, H, T_, ft};
+  const float *pq = cptr<float>(s.phi_q), *pk = cptr<float>(s.phi_k);
+  // Sf[b, f, h] = phi_k(f, h)^T vhat(f, h)   [Dp, W]
+  Tensor state_f = Tensor::empty({B, T_, H, Dp, W}, DType::F32, dev);
+  gemm_f32(stream, dev, Dp, W, ft, L.tok(pk, Dp, true), L.tok(cptr<float>(s.vhat), W),
+           L.fm(cptr<float>(state_f), Dp, W), B, H, T_);
+  timer.mark("Sf");
+  s.state_q = Tensor::empty({B, T_, H * Dp * W}, DType::F32, dev);
+  rehyat::kernels::matmul(s.state_q, s.linear_mask, state_f.view({B, T_, H * Dp * W}));
+  s.state_q = s.state_q.view({B, T_, H, Dp, W});
+  timer.mark("Sq");
+  // aL[b, f, h] = phi_q(f, h) Sq[b, f, h]   [ft, W]
+  Tensor a_lin = Tensor::empty({B, T_, H, ft, W}, DType::F32, dev);
+  gemm_f32(stream, dev, ft, W, Dp, L.tok(pq, Dp), L.fm(cptr<float>(s.state_q), Dp, W), L.fm(cptr<float>(a_lin), ft, W),
+           B, H, T_);
+  timer.mark("aL");
   s.y = Tensor::empty(q.shape(), q.dtype(), dev);
   s.lse_joint = Tensor::empty({B, H, N}, DType::F32, dev);
   s.den = Tensor::empty({B, H, N}, DType::F32, dev);
@@ -321,8 +456,9 @@ Tensor forward_impl(Saved& s, const hybrid_detail::Dims& n) {
   const RowGeom g{B, N, H, T_, ft};
   combine_forward_kernel<T><<<row_blocks(rows), kRowWarps * 32, 0, stream>>>(
       mptr<T>(s.y), mptr<float>(s.lse_joint), mptr<float>(s.den), mptr<float>(s.ratio), cptr<T>(s.o),
-      cptr<float>(lse), cptr<float>(row_max), cptr<float>(a_lin), g, int(d));
+      cptr<float>(lse), cptr<float>(row_max), cptr<float>(a_lin), g, int(d), int(W));
   CUDA_CHECK_LAUNCH();
+  timer.mark("combine");
   return s.y;
 }
 
@@ -331,7 +467,8 @@ std::vector<Tensor> backward_impl(const Saved& s, const Tensor& dy_in, const hyb
   const Device dev = s.q.device();
   const cudaStream_t stream = rehyat::cuda::stream(dev);
   const int64_t B = n.batch, N = n.tokens, H = n.heads, d = n.head_dim, Dp = n.feature_dim, T_ = n.frames;
-  const int64_t ft = s.options.frame_tokens, rows = B * N * H;
+  const int64_t ft = s.options.frame_tokens, rows = B * N * H, W = ext_width(d);
+  PhaseTimer timer("bwd", stream);
   Tensor dy = dy_in.dtype() == s.q.dtype() ? dy_in.contiguous() : dy_in.to(s.q.dtype()).contiguous();
   KeyRange keys;
   keys.frame_tokens = ft;
@@ -339,45 +476,53 @@ std::vector<Tensor> backward_impl(const Saved& s, const Tensor& dy_in, const hyb
   keys.overlap_frames = s.options.overlap_frames;
   Tensor dq = Tensor::empty(s.q.shape(), s.q.dtype(), dev), dk = Tensor::empty(s.q.shape(), s.q.dtype(), dev),
          dv = Tensor::empty(s.q.shape(), s.q.dtype(), dev);
-  softmax_attention_backward(dq, dk, dv, dy, s.q, s.k, s.v, s.y, s.lse_joint, s.scale, keys);
-
   const RowGeom g{B, N, H, T_, ft};
-  Tensor ghat = Tensor::empty({B, T_, H, ft, d + 1}, DType::F32, dev);  // frame-major rows
+  Tensor ghat = Tensor::empty({B, T_, H, ft, W}, DType::F32, dev);  // frame-major rows
   Tensor dc = Tensor::empty({B, H, N}, DType::F32, dev);
   prepare_backward_kernel<T><<<row_blocks(rows), kRowWarps * 32, 0, stream>>>(
       mptr<float>(ghat), mptr<float>(dc), cptr<T>(dy), cptr<T>(s.y), cptr<T>(s.o), cptr<float>(s.den),
-      cptr<float>(s.ratio), g, int(d));
+      cptr<float>(s.ratio), g, int(d), int(W));
   CUDA_CHECK_LAUNCH();
+  timer.mark("prepare");
+  // Softmax part (with the row-max correction folded in when the forward tracked the arg-max).
+  const bool folded = s.argmax.defined() && softmax_attention_backward_row_max(dq, dk, dv, dy, s.q, s.k, s.v, s.y,
+                                                                               s.lse_joint, s.argmax, dc, s.scale,
+                                                                               keys);
+  if (!folded) softmax_attention_backward(dq, dk, dv, dy, s.q, s.k, s.v, s.y, s.lse_joint, s.scale, keys);
+  timer.mark("flash");
 
-  // Linear part.
-  Tensor dpq_f = Tensor::empty({B, T_, H, ft, Dp}, DType::F32, dev);
-  Tensor state_r = Tensor::empty({B, T_, H, Dp, d + 1}, DType::F32, dev);
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t f = 0; f < T_; ++f) {
-      Tensor gh = ghat.select(0, b).select(0, f);  // [H, ft, d+1]
-      Tensor c1 = dpq_f.select(0, b).select(0, f);
-      rehyat::kernels::matmul(c1, gh, s.state_q.select(0, b).select(0, f).transpose(1, 2));
-      Tensor c2 = state_r.select(0, b).select(0, f);
-      rehyat::kernels::matmul(c2, frame_rows(s.phi_q, b, f, ft).transpose(1, 2), gh);
-    }
-  Tensor state_k = Tensor::empty({B, T_, H * Dp * (d + 1)}, DType::F32, dev);
-  rehyat::kernels::matmul(state_k, s.linear_mask.transpose(0, 1), state_r.view({B, T_, H * Dp * (d + 1)}));
-  state_k = state_k.view({B, T_, H, Dp, d + 1});
-  Tensor dpk_f = Tensor::empty({B, T_, H, ft, Dp}, DType::F32, dev);
+  // Linear part: per-(b, h) GEMMs batched over frames; dphi written in its [B, N, H, Dp] layout.
+  const Layout L{N, H, T_, ft};
+  const float *pq = cptr<float>(s.phi_q), *pk = cptr<float>(s.phi_k), *gh = cptr<float>(ghat);
+  const float *sq = cptr<float>(s.state_q), *vh = cptr<float>(s.vhat);
+  Tensor dphi_q = Tensor::empty({B, N, H, Dp}, DType::F32, dev);
+  Tensor state_r = Tensor::empty({B, T_, H, Dp, W}, DType::F32, dev);
+  // dphi_q(f, h) = ghat(f, h) Sq^T   [ft, Dp]
+  gemm_f32(stream, dev, ft, Dp, W, L.fm(gh, ft, W), L.fm(sq, Dp, W, true), L.tok(cptr<float>(dphi_q), Dp), B, H, T_);
+  timer.mark("dphi_q");
+  // Rq(f, h) = phi_q(f, h)^T ghat(f, h)   [Dp, W]
+  gemm_f32(stream, dev, Dp, W, ft, L.tok(pq, Dp, true), L.fm(gh, ft, W), L.fm(cptr<float>(state_r), Dp, W), B, H, T_);
+  timer.mark("Rq");
+  Tensor state_k = Tensor::empty({B, T_, H * Dp * W}, DType::F32, dev);
+  rehyat::kernels::matmul(state_k, s.linear_mask.transpose(0, 1), state_r.view({B, T_, H * Dp * W}));
+  const float* rk = cptr<float>(state_k);
+  Tensor dphi_k = Tensor::empty({B, N, H, Dp}, DType::F32, dev);
   Tensor dv_lin = Tensor::empty({B, T_, H, ft, d}, DType::F32, dev);
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t f = 0; f < T_; ++f) {
-      Tensor r = state_k.select(0, b).select(0, f);  // [H, Dp, d+1]
-      Tensor c1 = dpk_f.select(0, b).select(0, f);
-      rehyat::kernels::matmul(c1, frame_rows(s.vhat, b, f, ft), r.transpose(1, 2));
-      Tensor c2 = dv_lin.select(0, b).select(0, f);
-      rehyat::kernels::matmul(c2, frame_rows(s.phi_k, b, f, ft), r.slice(2, 0, d));
-    }
-  // [B, T, H, ft, Dp] -> [B, N, H, Dp]
-  Tensor dphi_q = dpq_f.permute({0, 1, 3, 2, 4}).contiguous().view({B, N, H, Dp});
-  Tensor dphi_k = dpk_f.permute({0, 1, 3, 2, 4}).contiguous().view({B, N, H, Dp});
+  // dphi_k(f, h) = vhat(f, h) R^T   [ft, Dp]
+  timer.mark("R");
+  gemm_f32(stream, dev, ft, Dp, W, L.tok(vh, W), L.fm(rk, Dp, W, true), L.tok(cptr<float>(dphi_k), Dp), B, H, T_);
+  timer.mark("dphi_k");
+  // dv_lin(f, h) = phi_k(f, h) R[:, :d]   [ft, d]
+  gemm_f32(stream, dev, ft, d, Dp, L.tok(pk, Dp), L.fm(rk, Dp, W), L.fm(cptr<float>(dv_lin), ft, d), B, H, T_);
+  timer.mark("dv_lin");
 
-  // Row max.
+  if (folded) {
+    add_dv_kernel<T><<<row_blocks(rows), kRowWarps * 32, 0, stream>>>(mptr<T>(dv), cptr<float>(dv_lin), g, int(d));
+    CUDA_CHECK_LAUNCH();
+    timer.mark("add_dv");
+    return {dq, dk, dv, dphi_q, dphi_k};
+  }
+  // Row max (fallback).
   Tensor argmax = Tensor::empty({B, H, N}, DType::I32, dev);
   const dim3 grid(unsigned(ceil_div(N, kArgRows)), unsigned(B * H));
   auto scan = d == 64 ? row_argmax_kernel<T, 64> : row_argmax_kernel<T, 128>;
@@ -394,7 +539,6 @@ std::vector<Tensor> backward_impl(const Saved& s, const Tensor& dy_in, const hyb
   CUDA_CHECK_LAUNCH();
   return {dq, dk, dv, dphi_q, dphi_k};
 }
-
 }  // namespace
 
 bool hybrid_supported(const Tensor& q, const Tensor& phi_q, const HybridOptions& options) {
@@ -428,7 +572,7 @@ Tensor hybrid_attention(const Tensor& q, const Tensor& k, const Tensor& v, const
       return bf16 ? backward_impl<__nv_bfloat16>(*saved, g, n) : backward_impl<__half>(*saved, g, n);
     });
   } else {
-    s.vhat = s.state_q = s.o = Tensor();
+    s.vhat = s.state_q = s.o = s.argmax = Tensor();
   }
   return y;
 }

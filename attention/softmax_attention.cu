@@ -380,6 +380,9 @@ struct FlashArgs {
   void* dv;
   float* lse;        // [B, H, Nq]
   float* row_max;    // [B, H, Nq], forward only
+  int* argmax;       // [B, H, Nq], forward with kArgmax only: each row's arg-max key (first on ties)
+  const int* row_argmax;  // [B, H, Nq], backward with kRowMax only: the forward's argmax
+  const float* row_dc;    // [B, H, Nq], backward with kRowMax only: gradient of the row max
   const float* delta;  // [B, H, Nq], backward only
   RowStrides qs, ks, vs, dos;
   int heads;
@@ -445,9 +448,10 @@ __device__ __forceinline__ void pack_a_fragments(uint32_t (&a)[KR / 16][4], cons
 // l = sum exp(s - m), m in log2 units of the scaled score) becomes o = acc / l,
 // lse = (m + log2 l) ln 2, row_max = m ln 2. A hybrid-attention variant replaces this
 // function to keep acc, l and m un-normalized.
-template <typename T, int D>
+template <typename T, int D, bool kArgmax>
 __device__ __forceinline__ void store_forward_rows(const FlashArgs& a, int64_t b, int h, int64_t row,
-                                                   const float (&acc)[D / 8][4], int half, float l, float m) {
+                                                   const float (&acc)[D / 8][4], int half, float l, float m,
+                                                   int argmax) {
   const int lane = threadIdx.x % kWarpSize;
   if (row >= a.range.num_queries) return;
   const float inv = 1.f / l;
@@ -460,6 +464,7 @@ __device__ __forceinline__ void store_forward_rows(const FlashArgs& a, int64_t b
     const int64_t stat = (b * a.heads + h) * a.range.num_queries + row;
     a.lse[stat] = (m + log2f(l)) * kLn2;
     a.row_max[stat] = m * kLn2;
+    if constexpr (kArgmax) a.argmax[stat] = argmax;
   }
 }
 
@@ -576,7 +581,9 @@ struct FlashForwardWgmmaConfig {
 // rows. S = Q K^T with both operands in shared memory, O += P V with P from registers
 // (the accumulator layout of S is the A-fragment layout) and V transposed by the
 // descriptor. Warp w owns query rows [16 w, 16 w + 16).
-template <typename T, int D>
+// kArgmax: also track each row's arg-max key (thread-local over the tiles, reduced over the
+// row's 4 lanes at the end) and store it in a.argmax; the plain instantiation is unchanged.
+template <typename T, int D, bool kArgmax = false>
 __global__ void __launch_bounds__(FlashForwardWgmmaConfig<D>::kThreads, 1)
     flash_forward_wgmma_kernel(const FlashArgs a) {
   using Cfg = FlashForwardWgmmaConfig<D>;
@@ -623,6 +630,8 @@ __global__ void __launch_bounds__(FlashForwardWgmmaConfig<D>::kThreads, 1)
 #pragma unroll
   for (int i = 0; i < D / 8; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+  float best[2] = {-INFINITY, -INFINITY};  // kArgmax: thread-local max raw score and its key
+  int best_j[2] = {-1, -1};
   const uint32_t q_addr = smem_u32(s_q) + group * 64 * 128;  // this warpgroup's 64 rows
 
   int buf = 0;
@@ -666,6 +675,20 @@ __global__ void __launch_bounds__(FlashForwardWgmmaConfig<D>::kThreads, 1)
       float raw_max = -INFINITY;
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) raw_max = fmaxf(raw_max, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
+      if constexpr (kArgmax) {
+        // The thread's max over this tile beats its running one (rare after the first
+        // tiles): locate it, first position on ties; strict > keeps earlier tiles on ties.
+        if (raw_max > best[r]) {
+          int pos = 0;
+#pragma unroll
+          for (int nt = NT - 1; nt >= 0; --nt) {
+            if (s[nt][2 * r + 1] == raw_max) pos = nt * 8 + 1;
+            if (s[nt][2 * r] == raw_max) pos = nt * 8;
+          }
+          best[r] = raw_max;
+          best_j[r] = int(n0) + pos + 2 * (lane & 3);
+        }
+      }
       raw_max = fmaxf(raw_max, __shfl_xor_sync(0xffffffffu, raw_max, 1));
       raw_max = fmaxf(raw_max, __shfl_xor_sync(0xffffffffu, raw_max, 2));
       const float mx = fmaxf(m[r], raw_max * a.scale_log2);
@@ -703,8 +726,21 @@ __global__ void __launch_bounds__(FlashForwardWgmmaConfig<D>::kThreads, 1)
     l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
     l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
   }
-  store_forward_rows<T, D>(a, b, h, row_lo, acc, 0, l[0], m[0]);
-  store_forward_rows<T, D>(a, b, h, row_hi, acc, 1, l[1], m[1]);
+  if constexpr (kArgmax) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+#pragma unroll
+      for (int off = 1; off <= 2; off <<= 1) {
+        const float ov = __shfl_xor_sync(0xffffffffu, best[r], off);
+        const int oj = __shfl_xor_sync(0xffffffffu, best_j[r], off);
+        if (ov > best[r] || (ov == best[r] && oj >= 0 && (best_j[r] < 0 || oj < best_j[r]))) {
+          best[r] = ov;
+          best_j[r] = oj;
+        }
+      }
+  }
+  store_forward_rows<T, D, kArgmax>(a, b, h, row_lo, acc, 0, l[0], m[0], best_j[0]);
+  store_forward_rows<T, D, kArgmax>(a, b, h, row_hi, acc, 1, l[1], m[1], best_j[1]);
 }
 
 // delta[b, h, i] = dO_i . o_i in fp32 (backward preprocess), one warp per row.
@@ -757,7 +793,8 @@ struct FlashBackwardWgmmaConfig {
   static constexpr int kBlockN = 128, kBlockM = 64, kWarps = 8, kThreads = kWarps * 32;
   // K, V, Q x2, dO x2, dS^T [kBlockN][kBlockM]; then per-query lse2, delta, key begin, key end x2
   static constexpr size_t kTileBytes = size_t(2 * kBlockN + 4 * kBlockM) * D * 2 + size_t(kBlockN) * kBlockM * 2;
-  static constexpr size_t kSmemBytes = kTileBytes + 2 * 4 * kBlockM * 4 + 1024;  // + alignment
+  // + per-query lse2, delta, key begin/end, row-max key and gradient (x2 buffers), + alignment
+  static constexpr size_t kSmemBytes = kTileBytes + 2 * 6 * kBlockM * 4 + 1024;
 };
 
 // The backward on wgmma: dk, dv assigned; dq accumulated with fp32 reductions into dq_accum. Warpgroup g owns
@@ -767,7 +804,11 @@ struct FlashBackwardWgmmaConfig {
 //   dQ_tile = dS K (both transposed by the descriptor) reduced into dq_accum: for d = 128
 //   warpgroup g computes head-dim half g over all 128 keys, for d = 64 all of d over its
 //   own 64 keys (the reduction adds the two halves).
-template <typename T, int D>
+//
+// kRowMax (hybrid attention): dS[i, a_i] += dc_i, with a_i = a.row_argmax[i] and dc_i =
+// a.row_dc[i], i.e. the gradient of a per-row constant c_i = scaled score (i, a_i) folded
+// into the dq and dk products (no extra pass); the plain instantiation is unchanged.
+template <typename T, int D, bool kRowMax = false>
 __global__ void __launch_bounds__(FlashBackwardWgmmaConfig<D>::kThreads, 1)
     flash_backward_wgmma_kernel(const FlashArgs a, float* dq_accum) {
   using Cfg = FlashBackwardWgmmaConfig<D>;
@@ -783,6 +824,8 @@ __global__ void __launch_bounds__(FlashBackwardWgmmaConfig<D>::kThreads, 1)
   float* s_delta = s_lse2 + 2 * BM;                                  // [2][BM]
   int* s_beg = reinterpret_cast<int*>(s_delta + 2 * BM);             // [2][BM] (relative to k0)
   int* s_end = s_beg + 2 * BM;                                       // [2][BM]
+  int* s_amax = s_end + 2 * BM;                                      // [2][BM] (relative to k0; kRowMax)
+  float* s_dc = reinterpret_cast<float*>(s_amax + 2 * BM);           // [2][BM] (kRowMax)
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize, group = warp / 4;
   const int64_t nq = a.range.num_queries, nk = a.range.num_keys;
   const int64_t k0 = int64_t(blockIdx.x) * BN;
@@ -815,6 +858,17 @@ __global__ void __launch_bounds__(FlashBackwardWgmmaConfig<D>::kThreads, 1)
       const int64_t rb = kb - k0, re = ke - k0;
       s_beg[buf * BM + c] = int(rb < 0 ? 0 : (rb > BN ? BN : rb));
       s_end[buf * BM + c] = int(re < 0 ? 0 : (re > BN ? BN : re));
+      if constexpr (kRowMax) {
+        int am = -1;
+        float dc = 0.f;
+        if (i < nq && i < span_end) {
+          const int64_t ra = int64_t(a.row_argmax[stat0 + i]) - k0;
+          am = ra >= 0 && ra < BN ? int(ra) : -1;
+          dc = a.row_dc[stat0 + i];
+        }
+        s_amax[buf * BM + c] = am;
+        s_dc[buf * BM + c] = dc;
+      }
     }
   };
 
@@ -905,6 +959,8 @@ __global__ void __launch_bounds__(FlashBackwardWgmmaConfig<D>::kThreads, 1)
           const uint32_t bits = pa[mt / 2][(mt & 1) * 2 + (e >> 1)];  // P^T as dV used it
           const float p = (e & 1) ? unpack_hi<T>(bits) : unpack_lo<T>(bits);
           dp[mt][e] = p * (dp[mt][e] - s_delta[buf * BM + c]);  // dS^T
+          if constexpr (kRowMax)
+            if (key_lo + 8 * (e >> 1) == s_amax[buf * BM + c]) dp[mt][e] += s_dc[buf * BM + c];
         }
       pack_a_fragments<T, BM>(pa, dp);  // pa now holds dS^T
     }
@@ -1021,20 +1077,22 @@ FlashArgs flash_args(const Tensor& q, const Tensor& k, const Tensor& v, double s
 
 template <typename T, int D>
 void flash_forward(Tensor& o, Tensor& lse, Tensor& row_max, const Tensor& q, const Tensor& k, const Tensor& v,
-                   double scale, const DeviceKeyRange& range, cudaStream_t stream) {
+                   double scale, const DeviceKeyRange& range, cudaStream_t stream, int* argmax = nullptr) {
   FlashArgs a = flash_args(q, k, v, scale, range);
   a.o = o.data_ptr();
   a.lse = ptr<float>(lse);
   a.row_max = ptr<float>(row_max);
+  a.argmax = argmax;
   using Cfg = FlashForwardWgmmaConfig<D>;
   const dim3 grid(unsigned(ceil_div(range.num_queries, Cfg::kBlockM)), unsigned(q.size(0) * q.size(2)));
-  launch_flash(flash_forward_wgmma_kernel<T, D>, grid, Cfg::kThreads, Cfg::kSmemBytes, stream, a);
+  launch_flash(argmax ? flash_forward_wgmma_kernel<T, D, true> : flash_forward_wgmma_kernel<T, D, false>, grid,
+               Cfg::kThreads, Cfg::kSmemBytes, stream, a);
 }
 
 template <typename T, int D>
 void flash_backward(Tensor& dq, Tensor& dk, Tensor& dv, const Tensor& d_o, const Tensor& q, const Tensor& k,
                     const Tensor& v, const Tensor& o, const Tensor& lse, double scale, const DeviceKeyRange& range,
-                    cudaStream_t stream) {
+                    cudaStream_t stream, const int* row_argmax = nullptr, const float* row_dc = nullptr) {
   Tensor delta = Tensor::empty(lse.shape(), DType::F32, lse.device());  // [B, H, Nq] scratch
   FlashArgs a = flash_args(q, k, v, scale, range);
   a.d_o = d_o.data_ptr();
@@ -1045,6 +1103,8 @@ void flash_backward(Tensor& dq, Tensor& dk, Tensor& dv, const Tensor& d_o, const
   a.dv = dv.data_ptr();
   a.lse = ptr<float>(lse);
   a.delta = ptr<const float>(delta);
+  a.row_argmax = row_argmax;
+  a.row_dc = row_dc;
   const int64_t batch = q.size(0), bh = batch * q.size(2);
   const int64_t rows = bh * range.num_queries;
   if (rows > 0) {
@@ -1055,7 +1115,7 @@ void flash_backward(Tensor& dq, Tensor& dk, Tensor& dv, const Tensor& d_o, const
   Tensor dq_accum = Tensor::empty(dq.shape(), DType::F32, dq.device());  // [B, Nq, H, d] fp32 scratch
   CUDA_CHECK(cudaMemsetAsync(dq_accum.data_ptr(), 0, dq_accum.nbytes(), stream));
   using Cfg = FlashBackwardWgmmaConfig<D>;
-  auto kernel = flash_backward_wgmma_kernel<T, D>;
+  auto kernel = row_argmax ? flash_backward_wgmma_kernel<T, D, true> : flash_backward_wgmma_kernel<T, D, false>;
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(Cfg::kSmemBytes)));
   kernel<<<dim3(unsigned(ceil_div(range.num_keys, Cfg::kBlockN)), unsigned(bh)), Cfg::kThreads, Cfg::kSmemBytes,
            stream>>>(a, ptr<float>(dq_accum));
@@ -1083,14 +1143,58 @@ void softmax_attention_forward(Tensor& o, Tensor& lse, Tensor& row_max, const Te
     const bool bf16 = q.dtype() == DType::BF16;
     if (q.size(3) == 64)
       (bf16 ? flash_forward<__nv_bfloat16, 64> : flash_forward<__half, 64>)(o, lse, row_max, q, k, v, scale, range,
-                                                                             stream);
+                                                                             stream, nullptr);
     else
       (bf16 ? flash_forward<__nv_bfloat16, 128> : flash_forward<__half, 128>)(o, lse, row_max, q, k, v, scale,
-                                                                               range, stream);
+                                                                               range, stream, nullptr);
     return;
   }
   REHYAT_CUDA_DISPATCH_FLOAT(q.dtype(), "softmax_attention_forward",
                              generic_forward<scalar_t>(o, lse, row_max, q, k, v, scale, range, stream));
+}
+
+bool softmax_attention_forward_argmax(Tensor& o, Tensor& lse, Tensor& row_max, Tensor& argmax, const Tensor& q,
+                                      const Tensor& k, const Tensor& v, double scale, const KeyRange& keys) {
+  if (!flash_supported(q, {&k, &v}) || !o.is_contiguous()) return false;
+  REHYAT_CHECK(argmax.dtype() == DType::I32 && argmax.shape() == lse.shape() && argmax.is_contiguous(),
+               "softmax_attention_forward_argmax: argmax {} does not fit lse {}", argmax.str(), lse.str());
+  if (o.numel() == 0) return true;
+  rehyat::cuda::set_device(q.device().index);
+  const cudaStream_t stream = rehyat::cuda::stream(q.device());
+  const DeviceKeyRange range = device_key_range(keys, q.size(1), k.size(1));
+  const bool bf16 = q.dtype() == DType::BF16;
+  int* am = ptr<int>(argmax);
+  if (q.size(3) == 64)
+    (bf16 ? flash_forward<__nv_bfloat16, 64> : flash_forward<__half, 64>)(o, lse, row_max, q, k, v, scale, range,
+                                                                           stream, am);
+  else
+    (bf16 ? flash_forward<__nv_bfloat16, 128> : flash_forward<__half, 128>)(o, lse, row_max, q, k, v, scale, range,
+                                                                             stream, am);
+  return true;
+}
+
+bool softmax_attention_backward_row_max(Tensor& dq, Tensor& dk, Tensor& dv, const Tensor& d_o, const Tensor& q,
+                                        const Tensor& k, const Tensor& v, const Tensor& o, const Tensor& lse,
+                                        const Tensor& argmax, const Tensor& dc, double scale, const KeyRange& keys) {
+  if (!flash_supported(q, {&k, &v, &d_o})) return false;
+  REHYAT_CHECK(argmax.dtype() == DType::I32 && dc.dtype() == DType::F32 && argmax.shape() == lse.shape() &&
+                   dc.shape() == lse.shape() && argmax.is_contiguous() && dc.is_contiguous(),
+               "softmax_attention_backward_row_max: argmax {} / dc {} do not fit lse {}", argmax.str(), dc.str(),
+               lse.str());
+  if (dq.numel() == 0 && dk.numel() == 0) return true;
+  rehyat::cuda::set_device(q.device().index);
+  const cudaStream_t stream = rehyat::cuda::stream(q.device());
+  const DeviceKeyRange range = device_key_range(keys, q.size(1), k.size(1));
+  const bool bf16 = q.dtype() == DType::BF16;
+  const int* am = ptr<const int>(argmax);
+  const float* g = ptr<const float>(dc);
+  if (q.size(3) == 64)
+    (bf16 ? flash_backward<__nv_bfloat16, 64> : flash_backward<__half, 64>)(dq, dk, dv, d_o, q, k, v, o, lse, scale,
+                                                                             range, stream, am, g);
+  else
+    (bf16 ? flash_backward<__nv_bfloat16, 128> : flash_backward<__half, 128>)(dq, dk, dv, d_o, q, k, v, o, lse,
+                                                                               scale, range, stream, am, g);
+  return true;
 }
 
 void softmax_attention_backward(Tensor& dq, Tensor& dk, Tensor& dv, const Tensor& d_o, const Tensor& q,
@@ -1104,10 +1208,10 @@ void softmax_attention_backward(Tensor& dq, Tensor& dk, Tensor& dv, const Tensor
     const bool bf16 = q.dtype() == DType::BF16;
     if (q.size(3) == 64)
       (bf16 ? flash_backward<__nv_bfloat16, 64> : flash_backward<__half, 64>)(dq, dk, dv, d_o, q, k, v, o, lse, scale,
-                                                                               range, stream);
+                                                                               range, stream, nullptr, nullptr);
     else
       (bf16 ? flash_backward<__nv_bfloat16, 128> : flash_backward<__half, 128>)(dq, dk, dv, d_o, q, k, v, o, lse,
-                                                                                 scale, range, stream);
+                                                                                 scale, range, stream, nullptr, nullptr);
     return;
   }
   REHYAT_CUDA_DISPATCH_FLOAT(q.dtype(), "softmax_attention_backward",

@@ -5,12 +5,16 @@
 // outputs). GPU cases skip with a message when no CUDA device is present.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <string>
 #include <vector>
 
 #include "attention/softmax_attention.h"
+#ifdef REHYAT_CUDA
+#include "attention/softmax_attention_cuda.h"
+#endif
 #include "autograd/graph.h"
 #include "autograd/ops.h"
 #include "core/device.h"
@@ -358,6 +362,79 @@ TEST(SoftmaxAttentionCuda, AutogradMatchesCompositeOnGpu) {
   softmax_attention_composite(q, k, v, opt).backward(d_o);
   EXPECT_LT(rel_l2(gq, q.grad().to_vector()), 1e-4);
 }
+
+#ifdef REHYAT_CUDA
+// The hybrid attention's flash variants: the forward's arg-max key per row (same o / lse /
+// row_max as the plain forward) and the backward with the row-max gradient folded in
+// (dq_i += scale dc_i k_a, dk_a += scale dc_i q_i on top of the plain backward).
+TEST(SoftmaxAttentionCuda, ArgmaxForwardAndRowMaxBackward) {
+  SKIP_WITHOUT_GPU();
+  const Device gpu = Device::cuda(0);
+  uint64_t seed = 5000;
+  for (DType dt : {DType::BF16, DType::F16})
+    for (int64_t d : {64, 128}) {
+      const int64_t B = 1, ft = 37, frames = 9, N = ft * frames, H = 2;
+      const KeyRange range = chunked(ft, 2, 1);
+      const double scale = 1.0 / std::sqrt(double(d));
+      Tensor q = random_bnhd(B, N, H, d, seed += 10).to(dt), k = random_bnhd(B, N, H, d, seed += 10).to(dt),
+             v = random_bnhd(B, N, H, d, seed += 10).to(dt), d_o = random_bnhd(B, N, H, d, seed += 10).to(dt);
+      Tensor qg = q.to(gpu), kg = k.to(gpu), vg = v.to(gpu), dog = d_o.to(gpu);
+      Tensor o0 = Tensor::empty(qg.shape(), dt, gpu), o1 = Tensor::empty(qg.shape(), dt, gpu);
+      Tensor lse0 = Tensor::empty({B, H, N}, DType::F32, gpu), lse1 = Tensor::empty({B, H, N}, DType::F32, gpu);
+      Tensor m0 = Tensor::empty({B, H, N}, DType::F32, gpu), m1 = Tensor::empty({B, H, N}, DType::F32, gpu);
+      Tensor am = Tensor::empty({B, H, N}, DType::I32, gpu);
+      kernels::softmax_attention_forward(o0, lse0, m0, qg, kg, vg, scale, range);
+      ASSERT_TRUE(kernels::cuda::softmax_attention_forward_argmax(o1, lse1, m1, am, qg, kg, vg, scale, range));
+      EXPECT_EQ(o0.to_vector(), o1.to_vector());
+      EXPECT_EQ(lse0.to_vector(), lse1.to_vector());
+      EXPECT_EQ(m0.to_vector(), m1.to_vector());
+      // CPU scores from the rounded inputs: a_i in range, its score the row's max.
+      const std::vector<double> qv = q.to_vector(), kv = k.to_vector(), av = am.to_vector(), mv = m1.to_vector();
+      auto score = [&](int64_t h, int64_t i, int64_t j) {
+        double acc = 0;
+        for (int64_t e = 0; e < d; ++e) acc += qv[size_t((i * H + h) * d + e)] * kv[size_t((j * H + h) * d + e)];
+        return acc * scale;
+      };
+      int bad = 0;
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t i = 0; i < N; ++i) {
+          const TokenRange r = key_tokens_for_query(range, i, N);
+          double best = -INFINITY;
+          for (int64_t j = r.begin; j < r.end; ++j) best = std::max(best, score(h, i, j));
+          const int64_t a = int64_t(av[size_t(h * N + i)]);
+          if (a < r.begin || a >= r.end || score(h, i, a) < best - 1e-3 * (1 + std::abs(best)) ||
+              std::abs(mv[size_t(h * N + i)] - score(h, i, a)) > 1e-3 * (1 + std::abs(best)))
+            ++bad;
+        }
+      EXPECT_EQ(bad, 0) << "d " << d;
+      // Backward: folded row-max gradient against the plain backward plus the CPU correction.
+      Tensor dc = Tensor::randn({B, H, N}, seed += 10, 0, DType::F64, Device::cpu(), 0.0, 4.0).to(DType::F32);
+      Tensor dq0 = Tensor::empty(qg.shape(), dt, gpu), dk0 = Tensor::empty(qg.shape(), dt, gpu),
+             dv0 = Tensor::empty(qg.shape(), dt, gpu);
+      Tensor dq1 = Tensor::empty(qg.shape(), dt, gpu), dk1 = Tensor::empty(qg.shape(), dt, gpu),
+             dv1 = Tensor::empty(qg.shape(), dt, gpu);
+      kernels::softmax_attention_backward(dq0, dk0, dv0, dog, qg, kg, vg, o1, lse1, scale, range);
+      ASSERT_TRUE(kernels::cuda::softmax_attention_backward_row_max(dq1, dk1, dv1, dog, qg, kg, vg, o1, lse1, am,
+                                                                    dc.to(gpu), scale, range));
+      std::vector<double> dq_ref = dq0.to_vector(), dk_ref = dk0.to_vector();
+      const std::vector<double> dcv = dc.to_vector();
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t i = 0; i < N; ++i) {
+          const int64_t a = int64_t(av[size_t(h * N + i)]);
+          const double c = scale * dcv[size_t(h * N + i)];
+          for (int64_t e = 0; e < d; ++e) {
+            dq_ref[size_t((i * H + h) * d + e)] += c * kv[size_t((a * H + h) * d + e)];
+            dk_ref[size_t((a * H + h) * d + e)] += c * qv[size_t((i * H + h) * d + e)];
+          }
+        }
+      const double tol = dt == DType::BF16 ? 1e-2 : 3e-3;
+      EXPECT_GT(rel_l2(dq0.to_vector(), dq_ref), 3 * tol) << "the correction should matter here";
+      EXPECT_LT(rel_l2(dq1.to_vector(), dq_ref), tol) << "dq d " << d;
+      EXPECT_LT(rel_l2(dk1.to_vector(), dk_ref), tol) << "dk d " << d;
+      EXPECT_EQ(dv0.to_vector(), dv1.to_vector()) << "dv d " << d;
+    }
+}
+#endif
 
 }  // namespace
 }  // namespace rehyat::attention
