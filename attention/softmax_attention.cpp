@@ -11,6 +11,7 @@
 #include "attention/softmax_attention.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -18,6 +19,7 @@
 #include "attention/softmax_attention_cuda.h"
 #include "autograd/graph.h"
 #include "autograd/ops.h"
+#include "core/ops/matmul.h"
 
 namespace rehyat::attention {
 
@@ -266,6 +268,14 @@ Tensor softmax_attention(const Tensor& q, const Tensor& k, const Tensor& v, cons
                      });
   }
   return o;
+}
+
+bool prefer_cpu_composite(const Tensor& q) {
+  static const bool loop_forced = [] {
+    const char* env = std::getenv("REHYAT_CPU_ATTENTION");
+    return env != nullptr && std::string(env) == "loop";
+  }();
+  return q.device().is_cpu() && q.dtype() == DType::F32 && ::rehyat::kernels::cpu_blas_available() && !loop_forced;
 }
 
 // --- composite reference -------------------------------------------------------------------

@@ -44,6 +44,12 @@ Tensor softmax_attention(const Tensor& q, const Tensor& k, const Tensor& v,
 
 // The same function composed from autograd primitives (matmul, softmax, masking);
 // materializes Nq x Nk. Reference for tests.
+// Whether a layer should run the composite (GEMM-based, through CBLAS) instead of the
+// plain-loop op: f32 on the CPU with a CBLAS in the build. The loop is the oracle but
+// ~30x slower; the composite is exact too, and the CPU quick start trains on it.
+// REHYAT_CPU_ATTENTION=loop keeps the loop.
+bool prefer_cpu_composite(const Tensor& q);
+
 Tensor softmax_attention_composite(const Tensor& q, const Tensor& k, const Tensor& v,
                                    const SoftmaxAttentionOptions& options = {});
 

@@ -20,7 +20,7 @@ Tensor mul(const Tensor& a, double s);
 Tensor affine(const Tensor& x, double alpha, double beta);  // alpha * x + beta
 Tensor neg(const Tensor& x);
 Tensor exp(const Tensor& x);
-Tensor log(const Tensor& x);
+Tensor natural_log(const Tensor& x);  // not `log`: that name is the logging namespace (core/log.h)
 Tensor sqrt(const Tensor& x);
 Tensor rsqrt(const Tensor& x);
 Tensor square(const Tensor& x);

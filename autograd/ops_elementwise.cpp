@@ -126,7 +126,7 @@ Tensor exp(const Tensor& x) {
   return y;
 }
 
-Tensor log(const Tensor& x) {
+Tensor natural_log(const Tensor& x) {
   Tensor y = run_unary(UnaryOp::Log, x);
   if (autograd::should_record({&x})) {
     Tensor sx = x.detach();

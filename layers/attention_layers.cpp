@@ -8,7 +8,8 @@ namespace rehyat::layers {
 Tensor SoftmaxAttentionCore::forward(const Tensor& q, const Tensor& k, const Tensor& v, const TokenGrid& grid) {
   attention::SoftmaxAttentionOptions options = options_;
   if (options.keys.chunked()) options.keys.frame_tokens = grid.frame_tokens();
-  return attention::softmax_attention(q, k, v, options);
+  return attention::prefer_cpu_composite(q) ? attention::softmax_attention_composite(q, k, v, options)
+                                             : attention::softmax_attention(q, k, v, options);
 }
 
 namespace {

@@ -4,6 +4,7 @@
 
 #include <fmt/format.h>
 
+#include "attention/softmax_attention.h"
 #include "core/check.h"
 #include "layers/wan_model.h"
 
@@ -21,7 +22,9 @@ Tensor HybridAttentionCore::forward(const Tensor& q, const Tensor& k, const Tens
                kind(), q.str(), grid.tokens(), grid.frames, grid.height, grid.width);
   attention::HybridOptions options = options_;
   options.frame_tokens = grid.frame_tokens();
-  return attention::hybrid_attention(q, k, v, phi_q_.forward(q), phi_k_.forward(k), options);
+  const Tensor phi_q = phi_q_.forward(q), phi_k = phi_k_.forward(k);
+  return attention::prefer_cpu_composite(q) ? attention::hybrid_attention_composite(q, k, v, phi_q, phi_k, options)
+                                            : attention::hybrid_attention(q, k, v, phi_q, phi_k, options);
 }
 
 void HybridAttentionCore::collect(const std::string& prefix, NamedTensors& out) const {

@@ -1,4 +1,5 @@
-// Matrix products through cuBLASLt (CUDA) or a plain loop (CPU).
+// Matrix products through cuBLASLt (CUDA), CBLAS (CPU f32/f64 when built with OpenBLAS)
+// or a plain loop (CPU otherwise; the oracle).
 //   c[b] = alpha * a[b] @ b[b] + beta * c[b]
 // a: [..., m, k], b: [..., k, n], c: [..., m, n] contiguous. The batch dims of a and b
 // either match c's or are absent (broadcast). The two inner dims of a and b may be
@@ -19,5 +20,10 @@ namespace rehyat::kernels {
 std::optional<int64_t> collapsed_batch_stride(const Tensor& t);
 
 void matmul(Tensor& c, const Tensor& a, const Tensor& b, double alpha = 1.0, double beta = 0.0);
+
+// Whether this build has the CBLAS path; set_cpu_blas(false) makes f32/f64 CPU products
+// take the plain loop (tests compare the two). Returns the previous setting.
+bool cpu_blas_available();
+bool set_cpu_blas(bool enabled);
 
 }  // namespace rehyat::kernels

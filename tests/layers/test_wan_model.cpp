@@ -257,7 +257,9 @@ TEST(WanModel, FrameOffsetShiftsRopePositions) {
   const int64_t ft = whole.grid.frame_tokens();
   expect_close("cos", part.rope.cos, whole.rope.cos.slice(0, ft, 3 * ft), 0.0);
   expect_close("sin", part.rope.sin, whole.rope.sin.slice(0, ft, 3 * ft), 0.0);
-  expect_close("tokens", part.x, whole.x.slice(1, ft, 3 * ft), 0.0);
+  // The patch embedding of fewer frames is a GEMM of another shape: BLAS may sum in
+  // another order, so the tokens agree to f32 rounding, not bit for bit.
+  expect_close("tokens", part.x, whole.x.slice(1, ft, 3 * ft), 1e-6);
 }
 
 TEST(WanModel, RejectsBadInputs) {

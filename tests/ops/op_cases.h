@@ -73,7 +73,7 @@ inline std::vector<OpCase> op_cases() {
   binary("div", [](const Tensor& a, const Tensor& b) { return div(a, b); }, true);
   unary("affine", [](const Tensor& x) { return affine(x, -1.75, 0.5); });
   unary("exp", [](const Tensor& x) { return exp(x); });
-  unary("log", [](const Tensor& x) { return log(x); }, true);
+  unary("log", [](const Tensor& x) { return natural_log(x); }, true);
   unary("sqrt", [](const Tensor& x) { return sqrt(x); }, true);
   unary("rsqrt", [](const Tensor& x) { return rsqrt(x); }, true);
   unary("square", [](const Tensor& x) { return square(x); });

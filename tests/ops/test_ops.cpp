@@ -8,6 +8,7 @@
 #include <cmath>
 
 #include "autograd/graph.h"
+#include "core/ops/matmul.h"
 #include "core/allocator.h"
 #include "op_cases.h"
 
@@ -157,6 +158,38 @@ TEST(Matmul, SingletonBatchDimsWithOddStrides) {
           for (int64_t p = 0; p < K; ++p) want += av[size_t((bi * M + i) * K + p)] * bv[size_t((bi * K + p) * N + j)];
           EXPECT_NEAR(c[size_t((bi * M + i) * N + j)], want, 1e-5) << device.str() << " batch " << bi;
         }
+  }
+}
+
+// The CBLAS path (f32/f64 on CPU) against the plain loop on every operand layout the
+// adapter accepts: row- and column-major, batched, broadcast, alpha/beta, sliced rows.
+TEST(Matmul, CpuBlasMatchesLoop) {
+  if (!kernels::cpu_blas_available()) GTEST_SKIP() << "built without a CBLAS: the CPU GEMM is the loop alone";
+  struct Layout {
+    bool a_trans, b_trans, batched_a, batched_b;
+  };
+  for (DType dtype : {DType::F32, DType::F64}) {
+    for (const Layout& l : {Layout{false, false, true, true}, Layout{true, false, true, false},
+                            Layout{false, true, false, true}, Layout{true, true, true, true}}) {
+      const int64_t B = 3, M = 37, K = 19, N = 23;
+      auto operand = [&](bool trans, bool batched, int64_t rows, int64_t cols, uint64_t seed) {
+        Shape shape = trans ? Shape{cols, rows + 2} : Shape{rows, cols + 2};
+        if (batched) shape.insert(shape.begin(), B);
+        Tensor t = Tensor::randn(shape, seed, 0, dtype).slice(-1, 1, 1 + (trans ? rows : cols));  // padded rows
+        return trans ? t.transpose(-1, -2) : t;
+      };
+      const Tensor a = operand(l.a_trans, l.batched_a, M, K, 21), b = operand(l.b_trans, l.batched_b, K, N, 22);
+      const Tensor c0 = Tensor::randn({B, M, N}, 23, 0, dtype);
+      Tensor blas = c0.clone(), loop = c0.clone();
+      kernels::matmul(blas, a, b, 0.75, 0.5);
+      const bool was = kernels::set_cpu_blas(false);
+      kernels::matmul(loop, a, b, 0.75, 0.5);
+      kernels::set_cpu_blas(was);
+      const std::vector<double> x = blas.to_vector(), y = loop.to_vector();
+      const double tol = dtype == DType::F32 ? 2e-5 : 1e-12;
+      for (size_t i = 0; i < x.size(); ++i)
+        ASSERT_NEAR(x[i], y[i], tol * (1 + std::abs(y[i]))) << dtype_name(dtype) << " element " << i;
+    }
   }
 }
 
