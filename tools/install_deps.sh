@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 apt_packages=(cmake ninja-build g++ pkg-config libyaml-cpp-dev libspdlog-dev libfmt-dev libhdf5-dev
-              nlohmann-json3-dev libcli11-dev libgtest-dev libopenblas-dev
+              nlohmann-json3-dev libcli11-dev libgtest-dev libopenblas-dev libpng-dev libgif-dev
               python3 python3-pip)
 missing=()
 for p in "${apt_packages[@]}"; do

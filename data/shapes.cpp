@@ -1,0 +1,374 @@
+// Shapes rendering and detection. Rendering draws every random choice of sample `index`
+// from its own block of Philox words (key = seed, counters index * kWordsPerSample + k),
+// so samples are independent of each other and of the order they are rendered in.
+// Coverage is 4x4 supersampled per pixel and composited largest object first. Only +, -,
+// *, / and fmod touch the geometry, so the bytes do not depend on the machine's libm.
+#include "data/shapes.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include <fmt/format.h>
+
+#include "core/check.h"
+#include "core/philox.h"
+
+namespace rehyat::data {
+
+namespace {
+
+constexpr const char* kShapeKindNames[kShapeKindCount] = {"circle", "square", "triangle"};
+constexpr const char* kColourNames[kColourCount] = {"red", "green", "blue", "yellow"};
+constexpr const char* kDirectionNames[kDirectionCount] = {"left", "right", "up", "down"};
+constexpr int64_t kMaxObjects = 3;
+
+template <typename Enum, size_t N>
+Enum enum_from_name(const std::string& name, const char* const (&names)[N], const char* what) {
+  for (size_t i = 0; i < N; ++i)
+    if (name == names[i]) return Enum(i);
+  REHYAT_FAIL("unknown {} '{}' (expected one of: {})", what, name, fmt::join(names, names + N, ", "));
+}
+
+// --- per-sample random choices ---------------------------------------------------------
+
+// Placements tried per object to keep it clear of the earlier ones (see
+// render_shapes_sample).
+constexpr int kPlacementAttempts = 16;
+constexpr int64_t kClearFrames = 3;
+
+constexpr uint64_t kWordsPerSample = 128;
+// Word layout inside a sample's block.
+constexpr uint64_t kWordObjectCount = 0;
+constexpr uint64_t kWordColourShuffle = 1;  // 3 words
+constexpr uint64_t kWordBackground = 4;     // 3 words
+constexpr uint64_t kWordObjects = 8;        // per object: kind, direction, speed, size, 2 per placement
+constexpr uint64_t kWordsPerObject = 4 + 2 * kPlacementAttempts;
+static_assert(kWordObjects + 3 * kWordsPerObject <= kWordsPerSample);
+
+class SampleRandom {
+ public:
+  SampleRandom(uint64_t seed, int64_t index) : seed_(seed), base_(uint64_t(index) * kWordsPerSample) {}
+  // Uniform in [0, 1) with 32 random bits.
+  double uniform(uint64_t k) const { return double(philox::word(seed_, base_ + k)) * (1.0 / 4294967296.0); }
+  double uniform(uint64_t k, double low, double high) const { return low + (high - low) * uniform(k); }
+  // Uniform integer in [0, n).
+  int64_t below(uint64_t k, int64_t n) const {
+    return int64_t((uint64_t(philox::word(seed_, base_ + k)) * uint64_t(n)) >> 32);
+  }
+
+ private:
+  uint64_t seed_;
+  uint64_t base_;
+};
+
+// Reflects p into [low, high] as a point bouncing between the two walls would be.
+double bounce(double p, double low, double high) {
+  const double span = high - low;
+  double m = std::fmod(p - low, 2.0 * span);
+  if (m < 0) m += 2.0 * span;
+  if (m > span) m = 2.0 * span - m;
+  return low + m;
+}
+
+// Equilateral triangle pointing up, inscribed in the circle of radius `size`: its
+// centroid is the centre.
+constexpr double kHalfSqrt3 = 0.8660254037844386;
+
+bool inside(ShapeKind kind, double size, double dx, double dy) {
+  switch (kind) {
+    case ShapeKind::Circle: return dx * dx + dy * dy <= size * size;
+    case ShapeKind::Square: return std::abs(dx) <= size && std::abs(dy) <= size;
+    case ShapeKind::Triangle: {
+      if (dy > 0.5 * size) return false;
+      // Slanted edges from the apex (0, -size) to (-+size*sqrt(3)/2, size/2): |dx| grows
+      // by sqrt(3)/2 / 1.5 = 1/sqrt(3) per unit of dy below the apex.
+      return std::abs(dx) * 1.5 <= (dy + size) * kHalfSqrt3;
+    }
+  }
+  return false;
+}
+
+double shape_area(const ShapeObject& object) {
+  const double factor[kShapeKindCount] = {3.141592653589793, 4.0, 3.0 * kHalfSqrt3 / 2.0};
+  return factor[int(object.kind)] * object.size * object.size;
+}
+
+// Background grey level of pixel (row, col): plain, or a linear ramp between two dark
+// greys along one of four directions (horizontal, vertical, both diagonals).
+struct Background {
+  bool gradient;
+  double level0, level1;
+  int orientation;
+  double at(int64_t row, int64_t col, int64_t height, int64_t width) const {
+    if (!gradient) return level0;
+    const double u = (double(col) + 0.5) / double(width), v = (double(row) + 0.5) / double(height);
+    const double ramp[4] = {u, v, 0.5 * (u + v), 0.5 * (u + 1.0 - v)};
+    return level0 + (level1 - level0) * ramp[orientation];
+  }
+};
+
+}  // namespace
+
+std::string shape_kind_name(ShapeKind kind) { return kShapeKindNames[int(kind)]; }
+std::string colour_name(Colour colour) { return kColourNames[int(colour)]; }
+std::string direction_name(Direction direction) { return kDirectionNames[int(direction)]; }
+ShapeKind shape_kind_from_name(const std::string& name) {
+  return enum_from_name<ShapeKind>(name, kShapeKindNames, "shape");
+}
+Colour colour_from_name(const std::string& name) { return enum_from_name<Colour>(name, kColourNames, "colour"); }
+Direction direction_from_name(const std::string& name) {
+  return enum_from_name<Direction>(name, kDirectionNames, "direction");
+}
+
+Rgb colour_rgb(Colour colour) {
+  switch (colour) {
+    case Colour::Red: return {0.9f, -0.9f, -0.9f};
+    case Colour::Green: return {-0.9f, 0.9f, -0.9f};
+    case Colour::Blue: return {-0.9f, -0.9f, 0.9f};
+    case Colour::Yellow: return {0.9f, 0.9f, -0.9f};
+  }
+  return {0, 0, 0};
+}
+
+void validate_shapes_options(const ShapesOptions& o) {
+  REHYAT_CHECK(o.frames >= 1 && o.height >= 1 && o.width >= 1,
+               "data: frames, height and width must be positive (got {}, {}, {})", o.frames, o.height, o.width);
+  REHYAT_CHECK(o.min_objects >= 1 && o.min_objects <= o.max_objects && o.max_objects <= kMaxObjects,
+               "data: need 1 <= min_objects <= max_objects <= {} (got {}, {})", kMaxObjects, o.min_objects,
+               o.max_objects);
+  REHYAT_CHECK(o.min_speed > 0 && o.min_speed <= o.max_speed,
+               "data: need 0 < min_speed <= max_speed (got {}, {})", o.min_speed, o.max_speed);
+  REHYAT_CHECK(o.min_size > 0 && o.min_size <= o.max_size, "data: need 0 < min_size <= max_size (got {}, {})",
+               o.min_size, o.max_size);
+  REHYAT_CHECK(2.0 * o.max_size < double(std::min(o.height, o.width)),
+               "data: max_size {} does not fit a {}x{} frame (objects need 2*max_size < min(height, width))",
+               o.max_size, o.height, o.width);
+  REHYAT_CHECK(o.text_len >= 1 && o.text_dim >= 1, "data: text_len and text_dim must be positive (got {}, {})",
+               o.text_len, o.text_dim);
+}
+
+int64_t max_caption_words(const ShapesOptions& options) { return 6 * options.max_objects - 1; }
+
+std::pair<double, double> object_centre(const ShapeObject& object, const ShapesOptions& options, int64_t frame) {
+  const double t = double(frame);
+  return {bounce(object.x0 + object.vx * t, object.size, double(options.width) - object.size),
+          bounce(object.y0 + object.vy * t, object.size, double(options.height) - object.size)};
+}
+
+std::string shapes_caption(const std::vector<ShapeObject>& objects) {
+  std::string caption;
+  for (const ShapeObject& object : objects) {
+    if (!caption.empty()) caption += " and ";
+    caption += fmt::format("a {} {} moving {}", colour_name(object.colour), shape_kind_name(object.kind),
+                           direction_name(object.direction));
+  }
+  return caption;
+}
+
+ShapesSample render_shapes_sample(const ShapesOptions& options, uint64_t seed, int64_t index) {
+  validate_shapes_options(options);
+  REHYAT_CHECK(index >= 0, "shapes sample index must be >= 0 (got {})", index);
+  const SampleRandom random(seed, index);
+  const int64_t T = options.frames, H = options.height, W = options.width;
+
+  const int64_t count = options.min_objects + random.below(kWordObjectCount, options.max_objects -
+                                                                                  options.min_objects + 1);
+  int colours[kColourCount] = {0, 1, 2, 3};
+  for (int i = kColourCount - 1; i > 0; --i)
+    std::swap(colours[i], colours[random.below(kWordColourShuffle + uint64_t(kColourCount - 1 - i), i + 1)]);
+
+  const Background background =
+      options.gradient_background
+          ? Background{true, random.uniform(kWordBackground, -0.9, -0.5), random.uniform(kWordBackground + 1, -0.9, -0.5),
+                       int(random.below(kWordBackground + 2, 4))}
+          : Background{false, random.uniform(kWordBackground, -0.85, -0.55), 0.0, 0};
+
+  ShapesSample sample;
+  for (int64_t o = 0; o < count; ++o) {
+    const uint64_t k = kWordObjects + uint64_t(o) * kWordsPerObject;
+    ShapeObject object{};
+    object.kind = ShapeKind(random.below(k, kShapeKindCount));
+    object.colour = Colour(colours[o]);
+    object.direction = Direction(random.below(k + 1, kDirectionCount));
+    const double speed = random.uniform(k + 2, options.min_speed, options.max_speed);
+    object.size = random.uniform(k + 3, options.min_size, options.max_size);
+    const bool horizontal = object.direction == Direction::Left || object.direction == Direction::Right;
+    const bool negative = object.direction == Direction::Left || object.direction == Direction::Up;
+    const double along_extent = double(horizontal ? W : H), across_extent = double(horizontal ? H : W);
+    object.vx = horizontal ? (negative ? -speed : speed) : 0.0;
+    object.vy = horizontal ? 0.0 : (negative ? -speed : speed);
+    // Room before the first bounce: two frames of motion and at least 1.5 px, so the
+    // starting direction shows; capped by the free span.
+    const double low = object.size, high = along_extent - object.size;
+    const double room = std::min(high - low, std::max(2.0 * speed, 1.5));
+    // Of kPlacementAttempts start positions, the one whose bounding box overlaps the
+    // earlier objects' least over the video, overlap in the first kClearFrames frames
+    // (where the detector reads the direction) counting 4 times.
+    ShapeObject best = object;
+    double best_overlap = std::numeric_limits<double>::infinity();
+    for (int attempt = 0; attempt < kPlacementAttempts && best_overlap > 0; ++attempt) {
+      const uint64_t w = k + 4 + 2 * uint64_t(attempt);
+      const double along = negative ? random.uniform(w, low + room, high) : random.uniform(w, low, high - room);
+      const double across = random.uniform(w + 1, object.size, across_extent - object.size);
+      object.x0 = horizontal ? along : across;
+      object.y0 = horizontal ? across : along;
+      double overlap = 0;
+      for (int64_t t = 0; t < T; ++t) {
+        const auto [x, y] = object_centre(object, options, t);
+        for (const ShapeObject& other : sample.objects) {
+          const auto [ox, oy] = object_centre(other, options, t);
+          const double reach = object.size + other.size;
+          const double area = std::max(0.0, reach - std::abs(x - ox)) * std::max(0.0, reach - std::abs(y - oy));
+          overlap += (t < kClearFrames ? 4.0 : 1.0) * area;
+        }
+      }
+      if (overlap < best_overlap) {
+        best = object;
+        best_overlap = overlap;
+      }
+    }
+    sample.objects.push_back(best);
+  }
+  sample.caption = shapes_caption(sample.objects);
+
+  // Larger objects are drawn first, so a small one passing in front stays visible.
+  std::vector<size_t> draw_order(sample.objects.size());
+  for (size_t o = 0; o < draw_order.size(); ++o) draw_order[o] = o;
+  std::stable_sort(draw_order.begin(), draw_order.end(), [&](size_t a, size_t b) {
+    return shape_area(sample.objects[a]) > shape_area(sample.objects[b]);
+  });
+
+  sample.video = Tensor::empty({3, T, H, W});
+  float* video = sample.video.data<float>();  // [3, T, H, W]
+  const int64_t plane = T * H * W;
+  sample.trajectory = Tensor::full({options.max_objects, T, 2}, std::numeric_limits<double>::quiet_NaN());
+  float* trajectory = sample.trajectory.data<float>();  // [max_objects, T, 2]
+
+  constexpr int kSub = 4;  // supersampling per axis
+  for (int64_t t = 0; t < T; ++t) {
+    float* frame = video + t * H * W;
+    for (int64_t i = 0; i < H; ++i)
+      for (int64_t j = 0; j < W; ++j) {
+        const float grey = float(background.at(i, j, H, W));
+        for (int c = 0; c < 3; ++c) frame[c * plane + i * W + j] = grey;
+      }
+    for (size_t o : draw_order) {
+      const ShapeObject& object = sample.objects[o];
+      const auto [cx, cy] = object_centre(object, options, t);
+      trajectory[(int64_t(o) * T + t) * 2] = float(cx);
+      trajectory[(int64_t(o) * T + t) * 2 + 1] = float(cy);
+      const Rgb rgb = colour_rgb(object.colour);
+      const float colour[3] = {rgb.r, rgb.g, rgb.b};
+      const int64_t i0 = std::max<int64_t>(0, int64_t(cy - object.size) - 1);
+      const int64_t i1 = std::min<int64_t>(H, int64_t(cy + object.size) + 2);
+      const int64_t j0 = std::max<int64_t>(0, int64_t(cx - object.size) - 1);
+      const int64_t j1 = std::min<int64_t>(W, int64_t(cx + object.size) + 2);
+      for (int64_t i = i0; i < i1; ++i)
+        for (int64_t j = j0; j < j1; ++j) {
+          int hits = 0;
+          for (int si = 0; si < kSub; ++si)
+            for (int sj = 0; sj < kSub; ++sj) {
+              const double x = double(j) + (sj + 0.5) / kSub, y = double(i) + (si + 0.5) / kSub;
+              hits += inside(object.kind, object.size, x - cx, y - cy);
+            }
+          if (hits == 0) continue;
+          const float alpha = float(hits) / float(kSub * kSub);
+          for (int c = 0; c < 3; ++c) {
+            float& p = frame[c * plane + i * W + j];
+            p = p + alpha * (colour[c] - p);
+          }
+        }
+    }
+  }
+  return sample;
+}
+
+// --- detector -------------------------------------------------------------------------
+
+std::vector<ObjectTrack> detect_objects(const Tensor& video) {
+  REHYAT_CHECK(video.dim() == 4 && video.size(0) == 3, "detect_objects: video must be [3, T, H, W], got {}",
+               shape_str(video.shape()));
+  const Tensor host = video.detach().to(Device::cpu()).to(DType::F32).contiguous();
+  const float* data = host.data<float>();  // [3, T, H, W]
+  const int64_t T = host.size(1), H = host.size(2), W = host.size(3), plane = T * H * W;
+
+  std::vector<ObjectTrack> tracks;
+  for (int c = 0; c < kColourCount; ++c) {
+    const Rgb rgb = colour_rgb(Colour(c));
+    ObjectTrack track{Colour(c), Tensor::full({T, 2}, std::numeric_limits<double>::quiet_NaN()), 0};
+    float* centres = track.centres.data<float>();  // [T, 2]
+    for (int64_t t = 0; t < T; ++t) {
+      double weight = 0, wx = 0, wy = 0;
+      int64_t members = 0;
+      for (int64_t i = 0; i < H; ++i)
+        for (int64_t j = 0; j < W; ++j) {
+          const int64_t p = t * H * W + i * W + j;
+          const double dr = data[p] - rgb.r, dg = data[plane + p] - rgb.g, db = data[2 * plane + p] - rgb.b;
+          const double distance = std::sqrt(dr * dr + dg * dg + db * db);
+          if (distance >= kDetectorColourDistance) continue;
+          const double membership = 1.0 - distance / kDetectorColourDistance;
+          ++members;
+          weight += membership;
+          wx += membership * (double(j) + 0.5);
+          wy += membership * (double(i) + 0.5);
+        }
+      if (members < kDetectorMinPixels) continue;
+      centres[t * 2] = float(wx / weight);
+      centres[t * 2 + 1] = float(wy / weight);
+      ++track.found_frames;
+    }
+    if (2 * track.found_frames >= T) tracks.push_back(std::move(track));
+  }
+  return tracks;
+}
+
+std::optional<Direction> motion_direction(const ObjectTrack& track) {
+  const Tensor host = track.centres.to(Device::cpu()).contiguous();
+  const float* centres = host.data<float>();  // [T, 2]
+  std::vector<std::pair<double, double>> found;
+  for (int64_t t = 0; t < host.size(0); ++t)
+    if (!std::isnan(centres[t * 2])) found.emplace_back(centres[t * 2], centres[t * 2 + 1]);
+  if (found.size() < 2) return std::nullopt;
+
+  double path_x = 0, path_y = 0;
+  for (size_t k = 1; k < found.size(); ++k) {
+    path_x += std::abs(found[k].first - found[k - 1].first);
+    path_y += std::abs(found[k].second - found[k - 1].second);
+  }
+  const bool horizontal = path_x >= path_y;
+  constexpr double kMinMotion = 1.0;  // pixels
+  for (size_t k = 1; k < found.size(); ++k) {
+    const double d = horizontal ? found[k].first - found[0].first : found[k].second - found[0].second;
+    if (std::abs(d) < kMinMotion) continue;
+    if (horizontal) return d < 0 ? Direction::Left : Direction::Right;
+    return d < 0 ? Direction::Up : Direction::Down;
+  }
+  return std::nullopt;
+}
+
+PromptAgreement prompt_agreement(const Tensor& video, const std::vector<ShapeObject>& objects) {
+  const std::vector<ObjectTrack> tracks = detect_objects(video);
+  PromptAgreement agreement{true, true, true, {}};
+  for (const ShapeObject& object : objects) {
+    const std::string name = colour_name(object.colour) + " " + shape_kind_name(object.kind);
+    auto track = std::find_if(tracks.begin(), tracks.end(),
+                              [&](const ObjectTrack& candidate) { return candidate.colour == object.colour; });
+    if (track == tracks.end()) {
+      agreement.colours_ok = agreement.motion_ok = false;
+      agreement.problems.push_back(name + ": colour not found");
+      continue;
+    }
+    const std::optional<Direction> direction = motion_direction(*track);
+    if (direction != object.direction) {
+      agreement.motion_ok = false;
+      agreement.problems.push_back(fmt::format("{}: {}, caption says {}", name,
+                                               direction ? "moves " + direction_name(*direction) : "does not move",
+                                               direction_name(object.direction)));
+    }
+  }
+  agreement.all_ok = agreement.colours_ok && agreement.motion_ok;
+  return agreement;
+}
+
+}  // namespace rehyat::data

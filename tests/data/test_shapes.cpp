@@ -1,0 +1,540 @@
+// The shapes dataset: rendering is deterministic and in range, captions say what is drawn,
+// the detector recovers colours and starting directions (also under noise) and the
+// ground-truth centres; the text encoder is seeded, padded and strict; the HDF5 file
+// round-trips and its schema errors name the file; the loader visits every sample once
+// per epoch, shards disjointly, resumes exactly and prefetches without changing batches.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <set>
+
+#include "data/hdf5_file.h"
+#include "data/shapes.h"
+#include "data/shapes_dataset.h"
+#include "data/text_encoder.h"
+#include "temp_dir.h"
+
+namespace rehyat::data {
+namespace {
+
+using testing::error_message;
+using testing::expect_contains;
+using testing::TempDir;
+
+bool same_bytes(const Tensor& a, const Tensor& b) {
+  return a.shape() == b.shape() && a.dtype() == b.dtype() && std::memcmp(a.data_ptr(), b.data_ptr(), a.nbytes()) == 0;
+}
+
+std::vector<float> values(const Tensor& t) {
+  const float* p = t.data<float>();
+  return std::vector<float>(p, p + t.numel());
+}
+
+TEST(Shapes, NamesRoundTrip) {
+  for (int i = 0; i < kShapeKindCount; ++i) EXPECT_EQ(int(shape_kind_from_name(shape_kind_name(ShapeKind(i)))), i);
+  for (int i = 0; i < kColourCount; ++i) EXPECT_EQ(int(colour_from_name(colour_name(Colour(i)))), i);
+  for (int i = 0; i < kDirectionCount; ++i) EXPECT_EQ(int(direction_from_name(direction_name(Direction(i)))), i);
+  EXPECT_EQ(colour_name(Colour::Yellow), "yellow");
+  EXPECT_EQ(direction_name(Direction::Up), "up");
+  expect_contains(error_message([] { colour_from_name("purple"); }), {"purple", "red", "yellow"});
+}
+
+TEST(Shapes, RenderIsDeterministic) {
+  const ShapesOptions options;
+  const ShapesSample a = render_shapes_sample(options, 7, 3), b = render_shapes_sample(options, 7, 3);
+  EXPECT_TRUE(same_bytes(a.video, b.video));
+  EXPECT_EQ(a.caption, b.caption);
+  EXPECT_EQ(std::memcmp(a.trajectory.data_ptr(), b.trajectory.data_ptr(), a.trajectory.nbytes()), 0);
+  EXPECT_FALSE(same_bytes(a.video, render_shapes_sample(options, 7, 4).video));
+  EXPECT_FALSE(same_bytes(a.video, render_shapes_sample(options, 8, 3).video));
+}
+
+TEST(Shapes, ValuesShapesAndObjects) {
+  ShapesOptions options;
+  options.max_objects = 3;
+  options.frames = 5;
+  options.height = 20;
+  options.width = 24;
+  std::set<int64_t> counts;
+  for (int64_t index = 0; index < 100; ++index) {
+    const ShapesSample sample = render_shapes_sample(options, 1, index);
+    ASSERT_EQ(sample.video.shape(), (Shape{3, 5, 20, 24}));
+    for (float v : values(sample.video)) ASSERT_TRUE(v >= -1.0f && v <= 1.0f) << v;
+    const int64_t n = int64_t(sample.objects.size());
+    counts.insert(n);
+    ASSERT_TRUE(n >= 1 && n <= 3);
+    std::set<Colour> colours;
+    for (const ShapeObject& o : sample.objects) colours.insert(o.colour);
+    EXPECT_EQ(int64_t(colours.size()), n) << "colours repeat in sample " << index;
+    ASSERT_EQ(sample.trajectory.shape(), (Shape{3, 5, 2}));
+    const std::vector<float> trajectory = values(sample.trajectory);
+    for (int64_t o = 0; o < 3; ++o)
+      for (int64_t k = 0; k < 5 * 2; ++k) EXPECT_EQ(std::isnan(trajectory[size_t(o * 10 + k)]), o >= n);
+  }
+  EXPECT_EQ(counts, (std::set<int64_t>{1, 2, 3}));
+}
+
+TEST(Shapes, CaptionNamesTheObjects) {
+  const ShapesOptions options;
+  for (int64_t index = 0; index < 50; ++index) {
+    const ShapesSample sample = render_shapes_sample(options, 2, index);
+    const std::vector<std::string> words = caption_words(sample.caption);
+    ASSERT_EQ(words.size(), sample.objects.size() * 6 - 1) << sample.caption;
+    for (size_t o = 0; o < sample.objects.size(); ++o) {
+      const ShapeObject& object = sample.objects[o];
+      const size_t w = o * 6;
+      EXPECT_EQ(words[w], "a");
+      EXPECT_EQ(colour_from_name(words[w + 1]), object.colour) << sample.caption;
+      EXPECT_EQ(shape_kind_from_name(words[w + 2]), object.kind) << sample.caption;
+      EXPECT_EQ(words[w + 3], "moving");
+      EXPECT_EQ(direction_from_name(words[w + 4]), object.direction) << sample.caption;
+      if (o + 1 < sample.objects.size()) {
+        EXPECT_EQ(words[w + 5], "and");
+      }
+    }
+  }
+  EXPECT_EQ(shapes_caption({{ShapeKind::Circle, Colour::Red, Direction::Left, 5, 5, -1, 0, 3},
+                            {ShapeKind::Square, Colour::Blue, Direction::Up, 5, 5, 0, -1, 3}}),
+            "a red circle moving left and a blue square moving up");
+}
+
+TEST(Shapes, MotionIsAxisAlignedAndBounces) {
+  const ShapesOptions options;
+  int bounced = 0;
+  for (int64_t index = 0; index < 100; ++index) {
+    const ShapesSample sample = render_shapes_sample(options, 3, index);
+    for (const ShapeObject& o : sample.objects) {
+      const double speed = std::abs(o.vx) + std::abs(o.vy);
+      EXPECT_TRUE(o.vx == 0 || o.vy == 0);
+      EXPECT_TRUE(speed >= options.min_speed && speed <= options.max_speed);
+      double previous_step = 0;
+      for (int64_t t = 0; t < options.frames; ++t) {
+        const auto [x, y] = object_centre(o, options, t);
+        EXPECT_TRUE(x >= o.size - 1e-9 && x <= double(options.width) - o.size + 1e-9);
+        EXPECT_TRUE(y >= o.size - 1e-9 && y <= double(options.height) - o.size + 1e-9);
+        if (t == 0) continue;
+        const auto [px, py] = object_centre(o, options, t - 1);
+        const double step = o.vx != 0 ? x - px : y - py;
+        EXPECT_LE(std::abs(step), speed + 1e-9);
+        if (t >= 2 && step * previous_step < 0) ++bounced;
+        if (t == 1) {
+          EXPECT_NEAR(step, o.vx != 0 ? o.vx : o.vy, 1e-9);  // room before the first bounce
+        }
+        previous_step = step;
+      }
+    }
+  }
+  EXPECT_GT(bounced, 10);
+}
+
+// Fraction of samples whose caption the detector confirms, optionally with noise added.
+double agreement_rate(const ShapesOptions& options, double noise_std, int64_t samples) {
+  int64_t ok = 0;
+  for (int64_t index = 0; index < samples; ++index) {
+    ShapesSample sample = render_shapes_sample(options, 11, index);
+    Tensor video = sample.video;
+    if (noise_std > 0) {
+      const Tensor noise = Tensor::randn(video.shape(), 99, uint64_t(index) * uint64_t(video.numel()));
+      float* v = video.data<float>();
+      const float* n = noise.data<float>();
+      for (int64_t i = 0; i < video.numel(); ++i) v[i] += float(noise_std) * n[i];
+    }
+    const PromptAgreement agreement = prompt_agreement(video, sample.objects);
+    ok += agreement.all_ok;
+    EXPECT_EQ(agreement.all_ok, agreement.problems.empty());
+  }
+  return double(ok) / double(samples);
+}
+
+TEST(Shapes, DetectorConfirmsRenderedCaptions) {
+  ShapesOptions options;
+  const double clean = agreement_rate(options, 0.0, 200);
+  const double noisy = agreement_rate(options, 0.1, 200);
+  options.gradient_background = false;
+  options.max_objects = 3;
+  options.height = options.width = 20;
+  const double three = agreement_rate(options, 0.1, 200);
+  std::printf("prompt agreement: clean %.3f, noise 0.1 %.3f, 3 objects 20x20 plain %.3f\n", clean, noisy, three);
+  EXPECT_GE(clean, 0.95);
+  EXPECT_GE(noisy, 0.95);
+  EXPECT_GE(three, 0.95);
+}
+
+TEST(Shapes, DetectorRejectsWrongCaptions) {
+  const ShapesOptions options;
+  const ShapesSample sample = render_shapes_sample(options, 4, 0);
+  std::vector<ShapeObject> wrong_direction = sample.objects;
+  const Direction opposite[] = {Direction::Right, Direction::Left, Direction::Down, Direction::Up};
+  wrong_direction[0].direction = opposite[int(wrong_direction[0].direction)];
+  const PromptAgreement moved = prompt_agreement(sample.video, wrong_direction);
+  EXPECT_TRUE(moved.colours_ok);
+  EXPECT_FALSE(moved.motion_ok);
+  EXPECT_FALSE(moved.all_ok);
+  ASSERT_EQ(moved.problems.size(), 1u);
+  expect_contains(moved.problems[0], {colour_name(sample.objects[0].colour), "caption says"});
+
+  std::set<Colour> used;
+  for (const ShapeObject& o : sample.objects) used.insert(o.colour);
+  std::vector<ShapeObject> wrong_colour = sample.objects;
+  for (int c = 0; c < kColourCount; ++c)
+    if (!used.count(Colour(c))) wrong_colour[0].colour = Colour(c);
+  const PromptAgreement missing = prompt_agreement(sample.video, wrong_colour);
+  EXPECT_FALSE(missing.colours_ok);
+  EXPECT_FALSE(missing.all_ok);
+  expect_contains(missing.problems[0], {"colour not found"});
+
+  // A background-only video has no objects; a still object has no direction.
+  const Tensor empty_video = Tensor::full({3, 9, 16, 16}, -0.7);
+  EXPECT_TRUE(detect_objects(empty_video).empty());
+  ObjectTrack still{Colour::Red, Tensor::full({9, 2}, 8.0), 9};
+  EXPECT_FALSE(motion_direction(still).has_value());
+}
+
+// Objects whose discs stay apart in frame t (no occlusion to bias the centroid).
+bool apart(const ShapesSample& sample, const ShapesOptions& options, size_t o, int64_t t) {
+  const auto [x, y] = object_centre(sample.objects[o], options, t);
+  for (size_t p = 0; p < sample.objects.size(); ++p) {
+    if (p == o) continue;
+    const auto [px, py] = object_centre(sample.objects[p], options, t);
+    const double reach = sample.objects[o].size + sample.objects[p].size + 1.0;
+    if ((x - px) * (x - px) + (y - py) * (y - py) < reach * reach) return false;
+  }
+  return true;
+}
+
+TEST(Shapes, DetectedCentresMatchTrajectory) {
+  const ShapesOptions options;
+  double worst = 0;
+  int64_t compared = 0;
+  for (int64_t index = 0; index < 100; ++index) {
+    const ShapesSample sample = render_shapes_sample(options, 5, index);
+    const std::vector<ObjectTrack> tracks = detect_objects(sample.video);
+    const std::vector<float> trajectory = values(sample.trajectory);  // [M, T, 2]
+    for (size_t o = 0; o < sample.objects.size(); ++o) {
+      auto track = std::find_if(tracks.begin(), tracks.end(),
+                                [&](const ObjectTrack& k) { return k.colour == sample.objects[o].colour; });
+      ASSERT_NE(track, tracks.end()) << sample.caption;
+      const std::vector<float> centres = values(track->centres);  // [T, 2]
+      for (int64_t t = 0; t < options.frames; ++t) {
+        if (!apart(sample, options, o, t)) continue;
+        for (int k = 0; k < 2; ++k) {
+          const double error =
+              std::abs(double(centres[size_t(t * 2 + k)]) - trajectory[size_t((int64_t(o) * options.frames + t) * 2 + k)]);
+          worst = std::max(worst, error);
+        }
+        ++compared;
+      }
+    }
+  }
+  std::printf("centres compared %lld, worst error %.3f px\n", (long long)compared, worst);
+  EXPECT_GT(compared, 300);
+  EXPECT_LT(worst, 0.5);
+}
+
+TEST(Shapes, OptionsAreValidated) {
+  ShapesOptions options;
+  options.max_objects = 4;
+  expect_contains(error_message([&] { render_shapes_sample(options, 0, 0); }), {"max_objects"});
+  options = ShapesOptions();
+  options.max_size = 8;
+  expect_contains(error_message([&] { render_shapes_sample(options, 0, 0); }), {"max_size"});
+}
+
+TEST(TextEncoder, SeededPaddedAndStrict) {
+  const TextEncoder encoder(8, 16, 3);
+  const Tensor a = encoder.encode("a red circle moving left");
+  ASSERT_EQ(a.shape(), (Shape{8, 16}));
+  EXPECT_TRUE(same_bytes(a, TextEncoder(8, 16, 3).encode("a red circle moving left")));
+  EXPECT_FALSE(same_bytes(a, TextEncoder(8, 16, 4).encode("a red circle moving left")));
+  const std::vector<float> v = values(a);
+  for (int64_t i = 5 * 16; i < 8 * 16; ++i) EXPECT_EQ(v[size_t(i)], 0.0f) << "padding row " << i / 16;
+  double norm = 0;
+  for (int64_t d = 0; d < 16; ++d) norm += double(v[size_t(d)]) * v[size_t(d)];
+  EXPECT_GT(norm, 0.2);
+  EXPECT_LT(norm, 3.0);  // rows are scaled by 1/sqrt(text_dim): norm about 1
+
+  // The same word gives the same row wherever it stands; case and extra spaces do not matter.
+  const std::vector<float> b = values(encoder.encode("  RED   square"));
+  for (int64_t d = 0; d < 16; ++d) EXPECT_EQ(b[size_t(d)], v[size_t(16 + d)]);
+  EXPECT_NE(std::memcmp(&v[0], &v[16], 16 * sizeof(float)), 0);
+
+  for (float x : values(encoder.encode(""))) EXPECT_EQ(x, 0.0f);
+  expect_contains(error_message([&] { encoder.encode("one two three four five six seven eight nine"); }),
+                  {"one two three four five six seven eight nine", "9 words", "text_len 8"});
+
+  const Tensor batch = encoder.encode_batch({"a red circle moving left", "", "red square"});
+  ASSERT_EQ(batch.shape(), (Shape{3, 8, 16}));
+  EXPECT_TRUE(same_bytes(batch.select(0, 0).contiguous(), a));
+  EXPECT_TRUE(same_bytes(batch.select(0, 2).contiguous(), encoder.encode("red square")));
+}
+
+ShapesOptions small_options() {
+  ShapesOptions options;
+  options.frames = 5;
+  options.height = 12;
+  options.width = 14;
+  options.min_size = 2.0;
+  options.max_size = 3.5;
+  options.text_len = 12;
+  options.text_dim = 8;
+  return options;
+}
+
+TEST(ShapesDataset, RoundTrip) {
+  TempDir dir;
+  const std::string path = dir.file("shapes.h5");
+  const ShapesOptions options = small_options();
+  const TextEncoder encoder(options.text_len, options.text_dim, 21);
+  write_shapes_dataset(path, options, 5, 10, 6, encoder, false);
+  EXPECT_EQ(dir.entry_count(), 1u);  // no temp file left behind
+
+  const ShapesDataset dataset = ShapesDataset::open(path);
+  EXPECT_EQ(dataset.size(), 6);
+  EXPECT_EQ(dataset.seed(), 5u);
+  EXPECT_EQ(dataset.text_seed(), 21u);
+  EXPECT_EQ(dataset.first_index(), 10);
+  const ShapesOptions read = dataset.options();
+  EXPECT_EQ(read.frames, 5);
+  EXPECT_EQ(read.height, 12);
+  EXPECT_EQ(read.width, 14);
+  EXPECT_EQ(read.max_objects, options.max_objects);
+  EXPECT_EQ(read.min_size, 2.0);
+  EXPECT_EQ(read.max_speed, options.max_speed);
+  EXPECT_EQ(read.gradient_background, options.gradient_background);
+  EXPECT_EQ(read.text_len, 12);
+  for (int64_t i = 0; i < 6; ++i) {
+    const ShapesSample sample = render_shapes_sample(options, 5, 10 + i);
+    EXPECT_TRUE(same_bytes(dataset.video(i), sample.video)) << i;
+    EXPECT_TRUE(same_bytes(dataset.text_embedding(i), encoder.encode(sample.caption))) << i;
+    EXPECT_EQ(dataset.caption(i), sample.caption);
+    EXPECT_EQ(std::memcmp(dataset.trajectory(i).data_ptr(), sample.trajectory.data_ptr(), sample.trajectory.nbytes()),
+              0);
+    const std::vector<ShapeObject> objects = dataset.objects(i);
+    ASSERT_EQ(objects.size(), sample.objects.size());
+    for (size_t o = 0; o < objects.size(); ++o) {
+      EXPECT_EQ(objects[o].kind, sample.objects[o].kind);
+      EXPECT_EQ(objects[o].colour, sample.objects[o].colour);
+      EXPECT_EQ(objects[o].direction, sample.objects[o].direction);
+      EXPECT_FLOAT_EQ(float(objects[o].x0), float(sample.objects[o].x0));
+      EXPECT_FLOAT_EQ(float(objects[o].vy), float(sample.objects[o].vy));
+      EXPECT_FLOAT_EQ(float(objects[o].size), float(sample.objects[o].size));
+    }
+  }
+  expect_contains(error_message([&] { dataset.video(6); }), {path, "sample 6"});
+
+  // The schema as h5py and `rehyat inspect` see it.
+  std::set<std::string> names;
+  for (const Hdf5DatasetInfo& info : list_hdf5_datasets(path)) {
+    names.insert(info.path);
+    if (info.path == "/videos") {
+      EXPECT_EQ(info.shape, (Shape{6, 3, 5, 12, 14}));
+      EXPECT_EQ(info.chunk_shape, (Shape{1, 3, 5, 12, 14}));
+    }
+    if (info.path == "/captions") {
+      EXPECT_EQ(info.type_name, "string");
+    }
+    if (info.path == "/objects") {
+      EXPECT_EQ(info.type_name, "i32");
+    }
+  }
+  EXPECT_EQ(names, (std::set<std::string>{"/videos", "/text_embeddings", "/captions", "/trajectories", "/objects",
+                                          "/object_motion"}));
+}
+
+TEST(ShapesDataset, WriterChecksItsInputs) {
+  TempDir dir;
+  const std::string path = dir.file("shapes.h5");
+  ShapesOptions options = small_options();
+  expect_contains(error_message([&] { write_shapes_dataset(path, options, 0, 0, 2, TextEncoder(12, 9), false); }),
+                  {path, "text_dim"});
+  options.max_objects = 3;
+  expect_contains(error_message([&] { write_shapes_dataset(path, options, 0, 0, 2, TextEncoder(12, 8), false); }),
+                  {path, "17 words", "text_len 12"});
+  EXPECT_EQ(dir.entry_count(), 0u);
+}
+
+TEST(ShapesDataset, SchemaErrorsNameTheFile) {
+  TempDir dir;
+  const std::string path = dir.file("shapes.h5");
+  const ShapesOptions options = small_options();
+  write_shapes_dataset(path, options, 1, 0, 3, TextEncoder(options.text_len, options.text_dim), false);
+  {
+    Hdf5Id file(H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT));
+    ASSERT_TRUE(file.valid());
+    ASSERT_GE(H5Ldelete(file.get(), "/videos", H5P_DEFAULT), 0);
+  }
+  expect_contains(error_message([&] { ShapesDataset::open(path); }), {path, "'/videos' missing"});
+
+  write_shapes_dataset(path, options, 1, 0, 3, TextEncoder(options.text_len, options.text_dim), false);
+  {
+    Hdf5Id file(H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT));
+    ASSERT_GE(H5Ldelete(file.get(), "/captions", H5P_DEFAULT), 0);
+    const hsize_t dims[1] = {2};
+    Hdf5Id space(H5Screate_simple(1, dims, nullptr));
+    Hdf5Id set(H5Dcreate2(file.get(), "/captions", H5T_NATIVE_INT32, space.get(), H5P_DEFAULT, H5P_DEFAULT,
+                          H5P_DEFAULT));
+    ASSERT_TRUE(set.valid());
+  }
+  expect_contains(error_message([&] { ShapesDataset::open(path); }), {path, "'/captions'", "i32 [2]", "string [3]"});
+
+  write_shapes_dataset(path, options, 1, 0, 3, TextEncoder(options.text_len, options.text_dim), false);
+  {
+    Hdf5Id file(H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT));
+    ASSERT_GE(H5Adelete(file.get(), "format"), 0);
+  }
+  expect_contains(error_message([&] { ShapesDataset::open(path); }), {path, "'format'"});
+
+  const std::string text = dir.file("notes.h5");
+  testing::write_file(text, "not hdf5");
+  expect_contains(error_message([&] { ShapesDataset::open(text); }), {text, "not an HDF5 file"});
+  expect_contains(error_message([&] { ShapesDataset::open(dir.file("missing.h5")); }), {"missing.h5", "no such file"});
+}
+
+class ShapesLoader : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    path_ = dir_.file("shapes.h5");
+    ShapesOptions options = small_options();
+    options.frames = 2;
+    write_shapes_dataset(path_, options, 3, 0, 25, TextEncoder(options.text_len, options.text_dim), false);
+  }
+  ShapesDataset dataset() const { return ShapesDataset::open(path_); }
+
+  TempDir dir_;
+  std::string path_;
+};
+
+std::vector<int64_t> epoch_indices(DataLoader& loader) {
+  std::vector<int64_t> seen;
+  for (int64_t b = 0; b < loader.batches_per_epoch(); ++b) {
+    const Batch batch = loader.next();
+    seen.insert(seen.end(), batch.indices.begin(), batch.indices.end());
+  }
+  return seen;
+}
+
+TEST_F(ShapesLoader, EverySampleOncePerEpochInAFreshOrder) {
+  const ShapesDataset data = dataset();
+  DataLoader loader(data, 5, 17);
+  ASSERT_EQ(loader.batches_per_epoch(), 5);
+  const std::vector<int64_t> first = epoch_indices(loader);
+  EXPECT_EQ(loader.position().epoch, 1);
+  EXPECT_EQ(loader.position().index, 0);
+  const std::vector<int64_t> second = epoch_indices(loader);
+  for (const auto& epoch : {first, second}) {
+    std::vector<int64_t> sorted = epoch;
+    std::sort(sorted.begin(), sorted.end());
+    std::vector<int64_t> all(25);
+    for (int64_t i = 0; i < 25; ++i) all[size_t(i)] = i;
+    EXPECT_EQ(sorted, all);
+  }
+  EXPECT_NE(first, second);
+
+  DataLoader again(data, 5, 17);
+  EXPECT_EQ(epoch_indices(again), first);
+  DataLoader other_seed(data, 5, 18);
+  EXPECT_NE(epoch_indices(other_seed), first);
+  DataLoader in_order(data, 5, 17, false);
+  EXPECT_EQ(epoch_indices(in_order)[7], 7);
+
+  // Batches carry the rows they name.
+  DataLoader check(data, 4, 2);
+  const Batch batch = check.next();
+  ASSERT_EQ(batch.videos.shape(), (Shape{4, 3, 2, 12, 14}));
+  ASSERT_EQ(batch.text.shape(), (Shape{4, 12, 8}));
+  for (int64_t b = 0; b < 4; ++b) {
+    EXPECT_TRUE(same_bytes(batch.videos.select(0, b).contiguous(), data.video(batch.indices[size_t(b)])));
+    EXPECT_TRUE(same_bytes(batch.text.select(0, b).contiguous(), data.text_embedding(batch.indices[size_t(b)])));
+  }
+}
+
+TEST_F(ShapesLoader, RanksAreDisjointAndCover) {
+  const ShapesDataset data = dataset();
+  for (int64_t epoch = 0; epoch < 2; ++epoch) {
+    std::vector<int64_t> all;
+    for (int rank = 0; rank < 3; ++rank) {
+      DataLoader loader(data, 2, 9, true, rank, 3);
+      EXPECT_EQ(loader.batches_per_epoch(), 4);  // 25 / 3 = 8 samples each, 1 left over
+      loader.set_position({epoch, 0});
+      const std::vector<int64_t> seen = epoch_indices(loader);
+      all.insert(all.end(), seen.begin(), seen.end());
+    }
+    std::sort(all.begin(), all.end());
+    EXPECT_EQ(std::unique(all.begin(), all.end()), all.end()) << "ranks overlap";
+    EXPECT_EQ(all.size(), 24u);
+    DataLoader single(data, 2, 9);
+    std::vector<int64_t> order = single.epoch_order(epoch);
+    order.pop_back();  // the dropped tail
+    std::sort(order.begin(), order.end());
+    EXPECT_EQ(all, order);
+  }
+  expect_contains(error_message([&] { DataLoader(data, 9, 0, true, 0, 3); }), {path_, "3 ranks"});
+  expect_contains(error_message([&] { DataLoader(data, 1, 0, true, 3, 3); }), {"rank 3"});
+}
+
+TEST_F(ShapesLoader, ResumeAndPrefetchGiveTheSameBatches) {
+  const ShapesDataset data = dataset();
+  DataLoader original(data, 3, 4, true, 0, 1, 3);
+  for (int i = 0; i < 6; ++i) original.next();
+  const LoaderPosition position = original.position();
+  EXPECT_EQ(position.epoch, 0);
+  EXPECT_EQ(position.index, 18);
+  std::vector<Batch> following;
+  for (int i = 0; i < 8; ++i) following.push_back(original.next());  // crosses into epoch 1
+
+  for (int prefetch : {0, 1, 4}) {
+    DataLoader resumed(data, 3, 4, true, 0, 1, prefetch);
+    resumed.next();  // wherever it was, set_position moves it
+    resumed.set_position(position);
+    for (const Batch& expected : following) {
+      const Batch batch = resumed.next();
+      EXPECT_EQ(batch.indices, expected.indices) << "prefetch " << prefetch;
+      EXPECT_TRUE(same_bytes(batch.videos, expected.videos));
+      EXPECT_TRUE(same_bytes(batch.text, expected.text));
+    }
+  }
+  DataLoader loader(data, 3, 4);
+  expect_contains(error_message([&] { loader.set_position({0, 4}); }), {path_, "batch_size 3"});
+}
+
+// A chunk of /videos that fails to decompress: the worker's error reaches next().
+TEST_F(ShapesLoader, WorkerErrorsReachNext) {
+  {
+    Hdf5Id file(H5Fopen(path_.c_str(), H5F_ACC_RDWR, H5P_DEFAULT));
+    ASSERT_GE(H5Ldelete(file.get(), "/videos", H5P_DEFAULT), 0);
+    const hsize_t dims[5] = {25, 3, 2, 12, 14}, chunk[5] = {1, 3, 2, 12, 14};
+    Hdf5Id space(H5Screate_simple(5, dims, nullptr));
+    Hdf5Id plist(H5Pcreate(H5P_DATASET_CREATE));
+    H5Pset_chunk(plist.get(), 5, chunk);
+    H5Pset_deflate(plist.get(), 6);
+    Hdf5Id set(H5Dcreate2(file.get(), "/videos", H5T_IEEE_F32LE, space.get(), H5P_DEFAULT, plist.get(), H5P_DEFAULT));
+    std::vector<float> zeros(25 * 3 * 2 * 12 * 14, 0.0f);
+    ASSERT_GE(H5Dwrite(set.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, zeros.data()), 0);
+  }
+  std::vector<haddr_t> chunk_addresses;
+  {
+    Hdf5Id file(H5Fopen(path_.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT));
+    Hdf5Id set(H5Dopen2(file.get(), "/videos", H5P_DEFAULT));
+    Hdf5Id space(H5Dget_space(set.get()));
+    for (hsize_t c = 0; c < 25; ++c) {
+      hsize_t offset[5];
+      unsigned mask = 0;
+      haddr_t address = 0;
+      hsize_t size = 0;
+      ASSERT_GE(H5Dget_chunk_info(set.get(), space.get(), c, offset, &mask, &address, &size), 0);
+      chunk_addresses.push_back(address);
+    }
+  }
+  std::string bytes = testing::read_file(path_);
+  for (haddr_t address : chunk_addresses) std::memset(&bytes[size_t(address)], 0xAB, 8);  // break the zlib header
+  testing::write_file(path_, bytes);
+
+  DataLoader loader(dataset(), 2, 0, true, 0, 1, 2);
+  expect_contains(error_message([&] { loader.next(); }), {path_, "/videos"});
+  expect_contains(error_message([&] { loader.next(); }), {path_, "/videos"});  // stays failed
+}
+
+}  // namespace
+}  // namespace rehyat::data
