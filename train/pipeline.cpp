@@ -580,8 +580,9 @@ class Pipeline {
       progress.finish();
       save_safetensors(out + "/videos.safetensors", {{"videos", videos}},
                        {{"model", name}, {"mode", recurrent ? "recurrent" : "parallel"}, {"solver", cfg_.solver}});
+      if (!gif_supported()) log::warn("sample: rehyat was built without giflib: PNG strips only, no GIFs");
       for (int64_t i = 0; i < prompts; ++i) {
-        write_gif(fmt::format("{}/prompt_{}.gif", out, i), videos.select(0, i));
+        if (gif_supported()) write_gif(fmt::format("{}/prompt_{}.gif", out, i), videos.select(0, i));
         write_png_strip(fmt::format("{}/prompt_{}.png", out, i), videos.select(0, i));
       }
       write_video_grid(out + "/grid.png", videos);
@@ -703,14 +704,14 @@ class Pipeline {
     r += "\n## Samples\n\nOne row per held-out prompt (frames left to right):\n\n";
     for (int64_t i = 0; i < cfg_.sample_prompts; ++i) r += fmt::format("{}. {}\n", i + 1, heldout.caption(i));
     r += "\n";
-    for (const auto& [name, m] : metrics.items())
-      r += fmt::format("### {}\n\n![{} samples](samples/{}/grid.png)\n\nAnimated: {}\n\n", name, name, name,
-                       [&] {
-                         std::string links;
-                         for (int64_t i = 0; i < cfg_.sample_prompts; ++i)
-                           links += fmt::format("[{}](samples/{}/prompt_{}.gif) ", i + 1, name, i);
-                         return links;
-                       }());
+    for (const auto& [name, m] : metrics.items()) {
+      r += fmt::format("### {}\n\n![{} samples](samples/{}/grid.png)\n\n", name, name, name);
+      std::string links;
+      for (int64_t i = 0; i < cfg_.sample_prompts; ++i)
+        if (exists(fmt::format("samples/{}/prompt_{}.gif", name, i)))
+          links += fmt::format("[{}](samples/{}/prompt_{}.gif) ", i + 1, name, i);
+      if (!links.empty()) r += "Animated: " + links + "\n\n";
+    }
     write_text_atomically(path("report.md"), r);
     log::info("report: {}", path("report.md"));
   }

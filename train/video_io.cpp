@@ -162,6 +162,14 @@ class GifEncoder {
 }  // namespace
 #endif
 
+bool gif_supported() {
+#ifdef REHYAT_GIF
+  return true;
+#else
+  return false;
+#endif
+}
+
 void write_gif(const std::string& path, const Tensor& video, int scale, int frame_ms) {
   check_scale(scale, "write_gif");
   REHYAT_CHECK(frame_ms >= 1, "write_gif '{}': frame_ms must be >= 1 (got {})", path, frame_ms);

@@ -30,5 +30,7 @@ void write_video_grid(const std::string& path, const Tensor& videos, int scale =
 // video [3, T, H, W] -> T-frame GIF of (H·scale) × (W·scale), frame_ms per frame (rounded
 // to the format's 10 ms units, at least 10 ms).
 void write_gif(const std::string& path, const Tensor& video, int scale = 4, int frame_ms = 150);
+// Whether this build can write GIFs (giflib found at configure time).
+bool gif_supported();
 
 }  // namespace rehyat::train
