@@ -1,11 +1,13 @@
-// Seeded word embeddings. The Philox key of a word is FNV-1a-64 over the seed's 8
-// little-endian bytes followed by the word's bytes; element d of its row is
-// philox::normal(key, d) / sqrt(text_dim).
+// Seeded word and position embeddings. The Philox key of a word is FNV-1a-64 over the
+// seed's 8 little-endian bytes followed by the word's bytes (a position i uses the text
+// "<position i>", which no whitespace-split word can equal); element d of row i is
+// (normal(word key, d) + normal(position key, d)) / sqrt(2 * text_dim).
 #include "data/text_encoder.h"
 
 #include <cctype>
 #include <cmath>
 #include <cstring>
+#include <string>
 
 #include "core/check.h"
 #include "core/philox.h"
@@ -53,11 +55,13 @@ void TextEncoder::encode_into(const std::string& caption, float* out) const {
   REHYAT_CHECK(int64_t(words.size()) <= text_len_, "caption \"{}\" has {} words, more than text_len {}", caption,
                words.size(), text_len_);
   std::memset(out, 0, size_t(text_len_ * text_dim_) * sizeof(float));
-  const float scale = 1.0f / std::sqrt(float(text_dim_));
+  const float scale = 1.0f / std::sqrt(2.0f * float(text_dim_));
   for (size_t w = 0; w < words.size(); ++w) {
     const uint64_t key = word_key(seed_, words[w]);
+    const uint64_t position = word_key(seed_, "<position " + std::to_string(w) + ">");
     float* row = out + int64_t(w) * text_dim_;
-    for (int64_t d = 0; d < text_dim_; ++d) row[d] = philox::normal(key, uint64_t(d)) * scale;
+    for (int64_t d = 0; d < text_dim_; ++d)
+      row[d] = (philox::normal(key, uint64_t(d)) + philox::normal(position, uint64_t(d))) * scale;
   }
 }
 

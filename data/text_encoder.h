@@ -1,10 +1,15 @@
 // Captions to text embeddings for the shapes experiment (SPEC §5): there is no umT5 here,
-// so a caption becomes one row per word of a fixed, seeded word-embedding table. The table
-// is never stored: a word's row is Philox normals keyed by a stable 64-bit FNV-1a hash of
-// (seed, word), scaled by 1/sqrt(text_dim), so any word has a row and the same word always
-// gets the same row on every machine. Rows after the last word are zero (padding to
-// text_len), and the empty caption "" is all zeros: the unconditional context of
-// classifier-free guidance.
+// so a caption becomes one row per word of a fixed, seeded word-embedding table plus a
+// seeded embedding of the word's position. The tables are never stored: a word's vector
+// is Philox normals keyed by a stable 64-bit FNV-1a hash of (seed, word), a position's
+// likewise of (seed, "<position i>"), each scaled by 1/sqrt(2 * text_dim), so any word has
+// a row and the same caption always gets the same rows on every machine.
+// Why positions: Wan's cross-attention has no positional encoding on the text, so
+// without them "a red circle moving left and a blue square moving up" would be the same
+// bag of rows as "... red circle moving up and a blue square moving left": the DiT could
+// not tell which object moves where (umT5's embeddings are contextual; these are not).
+// Rows after the last word are zero (padding to text_len), and the empty caption "" is
+// all zeros: the unconditional context of classifier-free guidance.
 #pragma once
 
 #include <cstdint>

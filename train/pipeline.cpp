@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -140,11 +141,18 @@ class Pipeline {
                  "start over",
                  dir_);
     if (existing) {
+      // Compare the YAML without its comment header (which names the source and overrides).
       std::ifstream in(path("config.resolved.yaml"));
-      const std::string before((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-      if (before != resolved_.to_yaml())
-        log::warn("{}: the config differs from the one the run started with; finished stages keep their outputs",
-                  path("config.resolved.yaml"));
+      std::string before, line;
+      while (std::getline(in, line))
+        if (line.empty() || line[0] != '#') before += line + "\n";
+      if (before == resolved_.to_yaml() + (resolved_.to_yaml().ends_with('\n') ? "" : "\n")) return;
+      // Keep the config the earlier stages ran with beside the new one.
+      const std::string kept = path(fmt::format("config.resolved.{}.yaml", std::time(nullptr)));
+      fs::rename(path("config.resolved.yaml"), kept);
+      log::warn("{}: the config differs from the one the run started with (kept as {}); finished stages keep "
+                "their outputs",
+                path("config.resolved.yaml"), kept);
     }
     fs::create_directories(dir_);
     resolved_.save_resolved(dir_);

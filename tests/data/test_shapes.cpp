@@ -255,9 +255,16 @@ TEST(TextEncoder, SeededPaddedAndStrict) {
   EXPECT_GT(norm, 0.2);
   EXPECT_LT(norm, 3.0);  // rows are scaled by 1/sqrt(text_dim): norm about 1
 
-  // The same word gives the same row wherever it stands; case and extra spaces do not matter.
-  const std::vector<float> b = values(encoder.encode("  RED   square"));
-  for (int64_t d = 0; d < 16; ++d) EXPECT_EQ(b[size_t(d)], v[size_t(16 + d)]);
+  // Case and extra spaces do not matter; a row depends on the word and its position, so
+  // swapping two words changes both rows (the DiT can tell "red ... left" from "red ... up"),
+  // and the difference of two captions' rows at one position is the words' difference.
+  EXPECT_TRUE(same_bytes(encoder.encode("  A RED circle   moving left"), a));
+  const std::vector<float> swapped = values(encoder.encode("a circle red moving left"));
+  EXPECT_NE(std::memcmp(&v[16], &swapped[32], 16 * sizeof(float)), 0) << "red at positions 1 and 2 must differ";
+  const std::vector<float> p = values(encoder.encode("x red")), q = values(encoder.encode("x blue"));
+  const std::vector<float> r = values(encoder.encode("y z red")), u = values(encoder.encode("y z blue"));
+  for (int64_t d = 0; d < 16; ++d)  // (red - blue) is the same at positions 1 and 2
+    EXPECT_NEAR(p[size_t(16 + d)] - q[size_t(16 + d)], r[size_t(32 + d)] - u[size_t(32 + d)], 1e-6);
   EXPECT_NE(std::memcmp(&v[0], &v[16], 16 * sizeof(float)), 0);
 
   for (float x : values(encoder.encode(""))) EXPECT_EQ(x, 0.0f);
