@@ -113,8 +113,6 @@ RunConfig run_config_from(const Config& c) {
   r.out_dir = c.get<std::string>("run.out_dir");
   r.device = c.get<std::string>("run.device") == "cuda" ? Device::cuda(0) : Device::cpu();
   r.compute = parse_dtype(c.get<std::string>("run.compute"), "run.compute");
-  REHYAT_CHECK(!(r.device.is_cpu() && r.compute != DType::F32), "{}: run.compute bf16 needs run.device cuda",
-               c.origin("run.compute"));
   r.seed = uint64_t(c.get<int64_t>("run.seed"));
   r.model = layers::from_config(c);
   r.attention = attention::attention_config_from(c, r.model);
@@ -170,6 +168,7 @@ RunConfig run_config_from(const Config& c) {
   auto need = [&](bool ok, const std::string& key, const std::string& message) {
     if (!ok) problems.push_back(fmt::format("{}: {}: {}", c.origin(key), key, message));
   };
+  need(!(r.device.is_cpu() && r.compute != DType::F32), "run.compute", "bf16 compute needs run.device cuda");
   need(r.model.in_dim == 3 && r.model.out_dim == 3, "model.in_dim",
        "the shapes pipeline feeds RGB videos as latents: model.in_dim and model.out_dim must be 3");
   need(r.shapes.height % r.model.patch_size[1] == 0 && r.shapes.width % r.model.patch_size[2] == 0, "data.height",
@@ -202,6 +201,9 @@ RunConfig run_config_from(const Config& c) {
   need(r.sample_steps >= 1 && r.sample_prompts >= 1, "sample.steps", "steps and prompts must be >= 1");
   need(r.sample_mode == "parallel" || (r.attention.kind == attention::AttentionKind::Rehyat && r.attention.causal),
        "sample.mode", "recurrent sampling needs attention.kind rehyat with causal true");
+  need(r.sample_mode == "parallel" ||
+           int64_t(r.attention.converted_blocks(r.model.num_layers).size()) == r.model.num_layers,
+       "sample.mode", "recurrent sampling needs every block converted (attention.hybrid_blocks / hybrid_block_count)");
   need(r.eval_videos >= 1 && r.eval_sigmas >= 1, "eval.videos", "videos and sigmas must be >= 1");
   if (!problems.empty()) REHYAT_FAIL("{}: invalid run config:\n  {}", c.source(), fmt::join(problems, "\n  "));
   return r;

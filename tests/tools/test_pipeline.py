@@ -146,3 +146,15 @@ def test_quickstart_runs_every_stage_and_reports_images(rehyat_bin, tmp_path):
         assert key in m["teacher"]
     assert "psnr_vs_teacher" in m["finetune"]
     assert (out / "config.resolved.yaml").exists()
+
+
+def test_inconsistent_config_names_the_keys(rehyat_bin, tmp_path):
+    result = run(rehyat_bin, "run", QUICKSTART, f"run.out_dir={tmp_path}", "attention.causal=false",
+                 "run.compute=bf16", "data.heldout_videos=2", check=False)
+    assert result.returncode != 0
+    for needle in ("sample.mode", "recurrent sampling needs", "run.compute", "data.heldout_videos"):
+        assert needle in result.stderr, result.stderr
+    assert not (tmp_path / "quickstart").exists()
+    count = run(rehyat_bin, "run", QUICKSTART, f"run.out_dir={tmp_path}", "attention.hybrid_block_count=1",
+                check=False)
+    assert count.returncode != 0 and "every block converted" in count.stderr, count.stderr
