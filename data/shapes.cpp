@@ -139,6 +139,7 @@ void validate_shapes_options(const ShapesOptions& o) {
                o.max_objects);
   REHYAT_CHECK(o.min_speed > 0 && o.min_speed <= o.max_speed,
                "data: need 0 < min_speed <= max_speed (got {}, {})", o.min_speed, o.max_speed);
+  REHYAT_CHECK(o.clear_frames >= 1, "data: clear_frames must be at least 1 (got {})", o.clear_frames);
   REHYAT_CHECK(o.min_size > 0 && o.min_size <= o.max_size, "data: need 0 < min_size <= max_size (got {}, {})",
                o.min_size, o.max_size);
   REHYAT_CHECK(2.0 * o.max_size < double(std::min(o.height, o.width)),
@@ -198,10 +199,10 @@ ShapesSample render_shapes_sample(const ShapesOptions& options, uint64_t seed, i
     const double along_extent = double(horizontal ? W : H), across_extent = double(horizontal ? H : W);
     object.vx = horizontal ? (negative ? -speed : speed) : 0.0;
     object.vy = horizontal ? 0.0 : (negative ? -speed : speed);
-    // Room before the first bounce: two frames of motion and at least 1.5 px, so the
-    // starting direction shows; capped by the free span.
+    // Room before the first bounce: clear_frames frames of motion and at least 1.5 px, so
+    // the starting direction shows; capped by the free span.
     const double low = object.size, high = along_extent - object.size;
-    const double room = std::min(high - low, std::max(2.0 * speed, 1.5));
+    const double room = std::min(high - low, std::max(double(options.clear_frames) * speed, 1.5));
     // Of kPlacementAttempts start positions, the one whose bounding box overlaps the
     // earlier objects' least over the video, overlap in the first kClearFrames frames
     // (where the detector reads the direction) counting 4 times.

@@ -50,6 +50,8 @@ struct ShapesOptions {                       // YAML section `data:`
   int64_t frames = 9, height = 16, width = 16;
   int64_t min_objects = 1, max_objects = 2;  // at most 3
   double min_speed = 0.6, max_speed = 1.2;   // pixels per frame
+  int64_t clear_frames = 2;                  // frames of motion before the first bounce (capped by
+                                             // the free span); frames - 1: no bounce when it fits
   double min_size = 3.0, max_size = 5.0;     // circle radius, square half-side, triangle circumradius
   bool gradient_background = true;           // plain or gradient (dark grey tones)
   int64_t text_len = 16, text_dim = 32;      // from the model config

@@ -106,7 +106,8 @@ void write_file(const std::string& path, const std::string& file_path, const Sha
   const std::pair<const char*, const int64_t*> integers[] = {
       {"first_index", &first},         {"frames", &options.frames},           {"height", &options.height},
       {"width", &options.width},       {"min_objects", &options.min_objects}, {"max_objects", &options.max_objects},
-      {"text_len", &options.text_len}, {"text_dim", &options.text_dim},       {"gradient_background", &gradient}};
+      {"text_len", &options.text_len}, {"text_dim", &options.text_dim},       {"gradient_background", &gradient},
+      {"clear_frames", &options.clear_frames}};
   for (const auto& [name, value] : integers) write_attribute(path, file.get(), name, H5T_NATIVE_INT64, value);
   const std::pair<const char*, const double*> reals[] = {{"min_speed", &options.min_speed},
                                                          {"max_speed", &options.max_speed},
@@ -293,7 +294,7 @@ ShapesDataset ShapesDataset::open(const std::string& path) {
   const std::pair<const char*, int64_t*> integers[] = {
       {"frames", &o.frames},           {"height", &o.height},           {"width", &o.width},
       {"min_objects", &o.min_objects}, {"max_objects", &o.max_objects}, {"text_len", &o.text_len},
-      {"text_dim", &o.text_dim}};
+      {"text_dim", &o.text_dim},       {"clear_frames", &o.clear_frames}};
   for (const auto& [name, value] : integers) *value = read_number_attribute<int64_t>(path, file, name, H5T_NATIVE_INT64);
   o.gradient_background = read_number_attribute<int64_t>(path, file, "gradient_background", H5T_NATIVE_INT64) != 0;
   const std::pair<const char*, double*> reals[] = {

@@ -513,23 +513,32 @@ class Pipeline {
     }
     TrainLog train_log(path(stage + ".metrics.jsonl"), fmt::format("distill block {}", block), cfg_.distill_steps,
                        step);
+    const LrSchedule schedule{cfg_.distill_lr, 0, cfg_.distill_steps, cfg_.distill_min_lr_ratio};
+    const int64_t batch = cfg_.distill_batch;
     for (; step < cfg_.distill_steps; ++step) {
-      // Batch 1 (as in the paper): one cache entry, drawn from a (seed, step) stream.
-      const double u = Tensor::rand({1}, seed, uint64_t(step)).item();
-      const int64_t entry = train_entries[size_t(std::min<double>(u * double(train_entries.size()),
-                                                                  double(train_entries.size() - 1)))];
-      const auto [in, out] = reader.read(block, entry);
+      // `batch` cache entries (the paper: 1), drawn from a (seed, step) stream.
+      const Tensor u = Tensor::rand({batch}, seed, uint64_t(step)).contiguous();
+      std::vector<Tensor> inputs, targets;
+      for (int64_t i = 0; i < batch; ++i) {
+        const double ui = u.select(0, i).item();
+        const int64_t entry = train_entries[size_t(
+            std::min<double>(ui * double(train_entries.size()), double(train_entries.size() - 1)))];
+        const auto [in, out] = reader.read(block, entry);
+        inputs.push_back(in.unsqueeze(0));
+        targets.push_back(out.unsqueeze(0));
+      }
       optimizer.zero_grad();
-      const Tensor y = model.block(block).self_attn.forward(in.unsqueeze(0).to(cfg_.device), prepared.rope,
+      const Tensor y = model.block(block).self_attn.forward(concat(inputs, 0).to(cfg_.device), prepared.rope,
                                                             prepared.precision);
-      Tensor loss = mse_loss(y.select(0, 0).to(DType::F32), out.to(cfg_.device));
+      Tensor loss = mse_loss(y.to(DType::F32), concat(targets, 0).to(cfg_.device));
       const double loss_value = loss.item();
       check_finite("distillation loss", loss_value, step);
       loss.backward();
-      optimizer.step(cfg_.distill_lr);
+      const double lr = schedule.at(step);
+      optimizer.step(lr);
       const int64_t done = step + 1;
       if (done % cfg_.distill_log_every == 0 || done == cfg_.distill_steps)
-        train_log.log(done, {{"loss", loss_value}});
+        train_log.log(done, {{"loss", loss_value}, {"lr", lr}});
       if (done % cfg_.distill_checkpoint_every == 0 && done < cfg_.distill_steps) {
         TrainState state;
         state.step = done;

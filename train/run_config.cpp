@@ -56,6 +56,8 @@ void declare_run_config(ConfigSchema& schema) {
       .optional<int64_t>("data.max_objects", ds.max_objects, "most objects per video (<= 3)")
       .optional<double>("data.min_speed", ds.min_speed, "slowest object, pixels per frame")
       .optional<double>("data.max_speed", ds.max_speed, "fastest object, pixels per frame")
+      .optional<int64_t>("data.clear_frames", ds.clear_frames,
+                         "frames of motion before the first bounce (frames - 1: none where the path fits)")
       .optional<double>("data.min_size", ds.min_size, "smallest object radius, pixels")
       .optional<double>("data.max_size", ds.max_size, "largest object radius, pixels")
       .optional<bool>("data.gradient_background", ds.gradient_background, "gradient (else plain) backgrounds")
@@ -80,8 +82,11 @@ void declare_run_config(ConfigSchema& schema) {
       .choice("cache.dtype", {"f32", "bf16"}, "f32", "stored dtype")
       .optional<int64_t>("cache.gzip", 0, "gzip level of the HDF5 chunks (0: none)");
   schema.section("distill", "stage distill: feature maps of each converted block, only φ trains")
-      .optional<int64_t>("distill.steps", d.distill_steps, "optimizer steps per block (batch 1)")
+      .optional<int64_t>("distill.steps", d.distill_steps, "optimizer steps per block")
       .optional<double>("distill.lr", d.distill_lr, "AdamW learning rate")
+      .optional<int64_t>("distill.batch", d.distill_batch, "cache entries per step (the paper: 1)")
+      .optional<double>("distill.min_lr_ratio", d.distill_min_lr_ratio,
+                        "cosine decay to lr * ratio over the steps (1: fixed lr, the paper's)")
       .optional<int64_t>("distill.eval_entries", d.distill_eval_entries, "cache entries held out to measure error")
       .optional<int64_t>("distill.checkpoint_every", d.distill_checkpoint_every, "steps between checkpoints")
       .optional<int64_t>("distill.log_every", d.distill_log_every, "steps between metric lines");
@@ -124,6 +129,7 @@ RunConfig run_config_from(const Config& c) {
   r.shapes.max_objects = c.get<int64_t>("data.max_objects");
   r.shapes.min_speed = c.get<double>("data.min_speed");
   r.shapes.max_speed = c.get<double>("data.max_speed");
+  r.shapes.clear_frames = c.get<int64_t>("data.clear_frames");
   r.shapes.min_size = c.get<double>("data.min_size");
   r.shapes.max_size = c.get<double>("data.max_size");
   r.shapes.gradient_background = c.get<bool>("data.gradient_background");
@@ -147,6 +153,8 @@ RunConfig run_config_from(const Config& c) {
 
   r.distill_steps = c.get<int64_t>("distill.steps");
   r.distill_lr = c.get<double>("distill.lr");
+  r.distill_batch = c.get<int64_t>("distill.batch");
+  r.distill_min_lr_ratio = c.get<double>("distill.min_lr_ratio");
   r.distill_eval_entries = c.get<int64_t>("distill.eval_entries");
   r.distill_checkpoint_every = c.get<int64_t>("distill.checkpoint_every");
   r.distill_log_every = c.get<int64_t>("distill.log_every");
@@ -196,6 +204,9 @@ RunConfig run_config_from(const Config& c) {
                           (r.cache_capture_steps.empty() ? r.cache_sample_steps : int64_t(r.cache_capture_steps.size()));
   need(r.distill_eval_entries >= 1 && r.distill_eval_entries < entries, "distill.eval_entries",
        fmt::format("must be in 1..{} (the cache holds {} entries)", entries - 1, entries));
+  need(r.distill_batch >= 1 && r.distill_batch <= entries - r.distill_eval_entries, "distill.batch",
+       fmt::format("must be in 1..{} (the training entries of the cache)", entries - r.distill_eval_entries));
+  need(r.distill_min_lr_ratio > 0 && r.distill_min_lr_ratio <= 1, "distill.min_lr_ratio", "must be in (0, 1]");
   need(r.distill_checkpoint_every >= 1 && r.distill_log_every >= 1, "distill.checkpoint_every",
        "checkpoint_every and log_every must be >= 1");
   need(r.sample_steps >= 1 && r.sample_prompts >= 1, "sample.steps", "steps and prompts must be >= 1");

@@ -72,6 +72,8 @@ struct RunConfig {
   // distill:
   int64_t distill_steps = 200;  // per block
   double distill_lr = 1e-3;
+  int64_t distill_batch = 1;          // cache entries per step (the paper: 1)
+  double distill_min_lr_ratio = 1.0;  // cosine decay to lr * ratio over the steps (1: fixed lr)
   int64_t distill_eval_entries = 4;  // held out of training, used for the before/after error
   int64_t distill_checkpoint_every = 100;
   int64_t distill_log_every = 20;

@@ -129,6 +129,32 @@ TEST(Shapes, MotionIsAxisAlignedAndBounces) {
   EXPECT_GT(bounced, 10);
 }
 
+// clear_frames = frames - 1 with a path that fits the free span: no object bounces, so
+// every object moves the captioned way in every frame (what the shapes-h100 teacher
+// learns from).
+TEST(Shapes, ClearFramesKeepsTheWholeClipFreeOfBounces) {
+  ShapesOptions options;
+  options.frames = 13;
+  options.height = options.width = 32;
+  options.min_speed = 0.8;
+  options.max_speed = 1.4;
+  options.min_size = 4.0;
+  options.max_size = 6.5;
+  options.clear_frames = options.frames - 1;  // 12 * 1.4 = 16.8 px <= 32 - 2 * 6.5
+  for (int64_t index = 0; index < 200; ++index) {
+    const ShapesSample sample = render_shapes_sample(options, 4, index);
+    for (const ShapeObject& o : sample.objects)
+      for (int64_t t = 1; t < options.frames; ++t) {
+        const auto [x, y] = object_centre(o, options, t);
+        const auto [px, py] = object_centre(o, options, t - 1);
+        ASSERT_NEAR(x - px, o.vx, 1e-9) << sample.caption << " frame " << t;
+        ASSERT_NEAR(y - py, o.vy, 1e-9) << sample.caption << " frame " << t;
+      }
+  }
+  options.clear_frames = 0;
+  EXPECT_THROW(validate_shapes_options(options), Error);
+}
+
 // Fraction of samples whose caption the detector confirms, optionally with noise added.
 double agreement_rate(const ShapesOptions& options, double noise_std, int64_t samples) {
   int64_t ok = 0;
@@ -292,7 +318,8 @@ ShapesOptions small_options() {
 TEST(ShapesDataset, RoundTrip) {
   TempDir dir;
   const std::string path = dir.file("shapes.h5");
-  const ShapesOptions options = small_options();
+  ShapesOptions options = small_options();
+  options.clear_frames = 3;
   const TextEncoder encoder(options.text_len, options.text_dim, 21);
   write_shapes_dataset(path, options, 5, 10, 6, encoder, false);
   EXPECT_EQ(dir.entry_count(), 1u);  // no temp file left behind
@@ -310,6 +337,7 @@ TEST(ShapesDataset, RoundTrip) {
   EXPECT_EQ(read.min_size, 2.0);
   EXPECT_EQ(read.max_speed, options.max_speed);
   EXPECT_EQ(read.gradient_background, options.gradient_background);
+  EXPECT_EQ(read.clear_frames, options.clear_frames);
   EXPECT_EQ(read.text_len, 12);
   for (int64_t i = 0; i < 6; ++i) {
     const ShapesSample sample = render_shapes_sample(options, 5, 10 + i);
