@@ -15,6 +15,8 @@ void add_example_command(CLI::App& app);
 void add_forward_command(CLI::App& app);
 // rehyat flops --model M --frames F --height H --width W [--set k=v] [--json]: analytic FLOPs (tools/cmd_flops.cpp).
 void add_flops_command(CLI::App& app);
+// rehyat export CKPT --format safetensors|onnx --out FILE [--naming] [--dtype] [--config] (tools/cmd_export.cpp).
+void add_export_command(CLI::App& app);
 // rehyat run CONFIG [k=v ...] and one subcommand per pipeline stage (tools/cmd_run.cpp).
 void add_run_commands(CLI::App& app);
 // rehyat bench ...: a parent command; each benchmark adds itself as a subcommand of it.

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 apt_packages=(cmake ninja-build g++ pkg-config libyaml-cpp-dev libspdlog-dev libfmt-dev libhdf5-dev
               nlohmann-json3-dev libcli11-dev libgtest-dev libopenblas-dev libpng-dev libgif-dev
-              python3 python3-pip)
+              libonnx-dev libprotobuf-dev python3 python3-pip)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -20,7 +20,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
-if ! python3 -c 'import numpy, h5py, safetensors, pytest' >/dev/null 2>&1; then
+if ! python3 -c 'import numpy, h5py, safetensors, pytest, onnxruntime' >/dev/null 2>&1; then
   echo "rehyat: installing the Python test helpers"
   python3 -m pip install -q -r tests/requirements.txt ||
     python3 -m pip install -q --break-system-packages -r tests/requirements.txt

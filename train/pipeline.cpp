@@ -25,6 +25,7 @@
 #include "data/activation_cache.h"
 #include "data/shapes_dataset.h"
 #include "data/text_encoder.h"
+#include "export/model_metadata.h"
 #include "layers/hybrid_core.h"
 #include "layers/recurrent_forward.h"
 #include "layers/wan_checkpoint.h"
@@ -298,7 +299,8 @@ class Pipeline {
                 cfg_.teacher.steps);
       train_flow_matching(model, cfg_.teacher, "teacher", kTeacherStream);
     }
-    layers::save_checkpoint(model, path("teacher/model.safetensors"));
+    layers::save_checkpoint(model, path("teacher/model.safetensors"), layers::CheckpointNaming::Wan, DType::F32,
+                            exporting::checkpoint_metadata(cfg_.model, attention::AttentionConfig{}));
   }
 
   SamplerOptions sampler_options(bool recurrent) const {
@@ -492,7 +494,8 @@ class Pipeline {
       assign_parameters(phi, load_safetensors(file), file);
     }
     write_text_atomically(path("distill/attention.yaml"), chosen.to_yaml());
-    layers::save_checkpoint(student, path("distill/model.safetensors"));
+    layers::save_checkpoint(student, path("distill/model.safetensors"), layers::CheckpointNaming::Wan, DType::F32,
+                            exporting::checkpoint_metadata(cfg_.model, chosen));
   }
 
   void distill_block(WanModel& model, int block, const NamedTensors& phi, const data::ActivationCacheReader& reader,
@@ -559,7 +562,8 @@ class Pipeline {
     log::info("finetune: all {} parameters of the hybrid DiT for {} steps", model.parameter_count(),
               cfg_.finetune.steps);
     train_flow_matching(model, cfg_.finetune, "finetune", kFinetuneStream);
-    layers::save_checkpoint(model, path("finetune/model.safetensors"));
+    layers::save_checkpoint(model, path("finetune/model.safetensors"), layers::CheckpointNaming::Wan, DType::F32,
+                            exporting::checkpoint_metadata(cfg_.model, student_attention()));
   }
 
   // The models that exist so far, in report order.
