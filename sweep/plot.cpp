@@ -11,13 +11,9 @@
 #include <numeric>
 #include <tuple>
 
-#include "core/atomic_file.h"
 #include "core/check.h"
 #include "sweep/plot_font.h"
-
-#ifdef REHYAT_PNG
-#include <png.h>
-#endif
+#include "train/video_io.h"
 
 namespace rehyat::sweep {
 namespace {
@@ -663,33 +659,10 @@ PlotImage render_plot(const std::vector<Series>& series, const PlotOptions& opti
 
 void write_plot_png(const std::string& path, const std::vector<Series>& series, const PlotOptions& options) {
   const PlotImage image = render_plot(series, options, path);
-#ifdef REHYAT_PNG
-  png_image png{};
-  png.version = PNG_IMAGE_VERSION;
-  png.width = png_uint_32(image.width);
-  png.height = png_uint_32(image.height);
-  png.format = PNG_FORMAT_RGB;
-  png_alloc_size_t size = 0;  // first call: the encoded size only
-  REHYAT_CHECK(png_image_write_to_memory(&png, nullptr, &size, 0, image.rgb.data(), 0, nullptr),
-               "cannot write '{}': libpng: {}", path, png.message);
-  std::vector<uint8_t> bytes(size);
-  REHYAT_CHECK(png_image_write_to_memory(&png, bytes.data(), &size, 0, image.rgb.data(), 0, nullptr),
-               "cannot write '{}': libpng: {}", path, png.message);
-  AtomicFileWriter writer(path);
-  writer.write(bytes.data(), size);
-  writer.commit();
-#else
-  REHYAT_FAIL("cannot write plot '{}': rehyat was built without libpng (install libpng-dev and reconfigure)", path);
-#endif
+  train::write_rgb_png(path, image.width, image.height, image.rgb.data());
 }
 
-bool plot_png_supported() {
-#ifdef REHYAT_PNG
-  return true;
-#else
-  return false;
-#endif
-}
+bool plot_png_supported() { return train::png_supported(); }
 
 std::string format_number(double value, int significant) {
   if (std::isnan(value)) return "nan";

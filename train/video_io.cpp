@@ -84,26 +84,40 @@ RgbImage compose_grid(const HostVideos& v, int scale) {
 }
 
 void write_png(const std::string& path, const RgbImage& image) {
+  write_rgb_png(path, image.width, image.height, image.rgb.data());
+}
+
+}  // namespace
+
+void write_rgb_png(const std::string& path, int64_t width, int64_t height, const uint8_t* rgb) {
 #ifdef REHYAT_PNG
+  REHYAT_CHECK(width > 0 && height > 0 && width <= 65535 && height <= 65535,
+               "cannot write '{}': an image of {}x{} pixels", path, width, height);
   png_image png{};
   png.version = PNG_IMAGE_VERSION;
-  png.width = png_uint_32(image.width);
-  png.height = png_uint_32(image.height);
+  png.width = png_uint_32(width);
+  png.height = png_uint_32(height);
   png.format = PNG_FORMAT_RGB;
   png_alloc_size_t size = 0;  // first call: the encoded size only
-  REHYAT_CHECK(png_image_write_to_memory(&png, nullptr, &size, 0, image.rgb.data(), 0, nullptr),
-               "cannot write '{}': libpng: {}", path, png.message);
+  REHYAT_CHECK(png_image_write_to_memory(&png, nullptr, &size, 0, rgb, 0, nullptr), "cannot write '{}': libpng: {}",
+               path, png.message);
   std::vector<uint8_t> bytes(size);
-  REHYAT_CHECK(png_image_write_to_memory(&png, bytes.data(), &size, 0, image.rgb.data(), 0, nullptr),
+  REHYAT_CHECK(png_image_write_to_memory(&png, bytes.data(), &size, 0, rgb, 0, nullptr),
                "cannot write '{}': libpng: {}", path, png.message);
   write_bytes_atomically(path, bytes.data(), size);
 #else
-  (void)image;
+  (void)width, (void)height, (void)rgb;
   REHYAT_FAIL("cannot write '{}': rehyat was built without libpng (install libpng-dev and reconfigure)", path);
 #endif
 }
 
-}  // namespace
+bool png_supported() {
+#ifdef REHYAT_PNG
+  return true;
+#else
+  return false;
+#endif
+}
 
 void write_png_strip(const std::string& path, const Tensor& video, int scale) {
   REHYAT_CHECK(video.defined() && video.dim() == 4, "write_png_strip '{}': expected a video [3, T, H, W] (got {})",

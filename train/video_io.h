@@ -15,6 +15,7 @@
 // REHYAT_GIF); without them these functions throw rehyat::Error saying so.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 #include "core/tensor.h"
@@ -23,6 +24,11 @@ namespace rehyat::train {
 
 // video [3, T, H, W] (any device, float dtype) -> PNG of (H·scale) × (T·W·scale + T − 1).
 void write_png_strip(const std::string& path, const Tensor& video, int scale = 4);
+
+// An RGB image (height rows of width pixels, 3 bytes each) as a PNG, atomically; throws
+// naming `path` when rehyat was built without libpng (png_supported() says which).
+void write_rgb_png(const std::string& path, int64_t width, int64_t height, const uint8_t* rgb);
+bool png_supported();
 
 // videos [B, 3, T, H, W] -> PNG of (B·H·scale + B − 1) × (T·W·scale + T − 1).
 void write_video_grid(const std::string& path, const Tensor& videos, int scale = 4);
