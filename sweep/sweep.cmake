@@ -1,1 +1,3 @@
-# (filled in by issue 6)
+# The ablation-sweep runner (issue 6): sweep files, the runner and its results
+# (sweep/sweep_file.h, sweep/sweep.h, sweep/sweep_results.h).
+target_sources(rehyat PRIVATE sweep_file.cpp sweep_results.cpp sweep.cpp)

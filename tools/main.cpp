@@ -31,6 +31,7 @@ int main(int argc, char** argv) {
   rehyat::tools::add_flops_command(app);
   rehyat::tools::add_run_commands(app);
   rehyat::tools::add_export_command(app);
+  rehyat::tools::add_sweep_command(app);
   CLI::App* bench = app.add_subcommand("bench", "Benchmarks on the GPU (tables, optional JSON)");
   bench->require_subcommand(1);
   rehyat::tools::add_bench_ops_command(*bench);

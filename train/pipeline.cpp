@@ -50,6 +50,16 @@ const std::vector<std::string>& stage_names() {
   return names;
 }
 
+std::string stage_output(const std::string& stage) {
+  if (stage == "teacher") return "teacher/model.safetensors";
+  if (stage == "cache") return "cache/done";
+  if (stage == "distill") return "distill/model.safetensors";
+  if (stage == "finetune") return "finetune/model.safetensors";
+  if (stage == "sample") return "samples/done";
+  REHYAT_CHECK(stage == "eval", "unknown stage '{}' (stages: teacher, cache, distill, finetune, sample, eval)", stage);
+  return "report.md";
+}
+
 namespace {
 
 // Streams of the run seed, one per use, so no two uses share Philox counters.
@@ -122,14 +132,7 @@ class Pipeline {
   std::string path(const std::string& relative) const { return dir_ + "/" + relative; }
   bool exists(const std::string& relative) const { return fs::exists(path(relative)); }
 
-  bool stage_done(const std::string& stage) const {
-    if (stage == "teacher") return exists("teacher/model.safetensors");
-    if (stage == "cache") return exists("cache/done");
-    if (stage == "distill") return exists("distill/model.safetensors");
-    if (stage == "finetune") return exists("finetune/model.safetensors");
-    if (stage == "sample") return exists("samples/done");
-    return exists("report.md");
-  }
+  bool stage_done(const std::string& stage) const { return exists(stage_output(stage)); }
 
   void prepare_run_folder() {
     if (fs::exists(dir_) && options_.force) {

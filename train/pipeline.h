@@ -32,6 +32,10 @@ namespace rehyat::train {
 // "teacher", "cache", "distill", "finetune", "sample", "eval" in pipeline order.
 const std::vector<std::string>& stage_names();
 
+// The file (relative to the run folder) whose existence marks `stage` finished: written
+// atomically and last, e.g. "teacher/model.safetensors", "report.md" for eval.
+std::string stage_output(const std::string& stage);
+
 struct PipelineOptions {
   bool resume = false;        // continue interrupted stages from their state files
   bool force = false;         // delete an existing run folder first
