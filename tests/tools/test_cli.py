@@ -20,14 +20,6 @@ ALL_DTYPES = {"f32", "f64", "bf16", "f16", "i32", "i64"}
 NUMPY_DTYPE = {"F32": np.float32, "F64": np.float64, "F16": np.float16, "I32": np.int32, "I64": np.int64}
 
 
-@pytest.fixture(scope="session")
-def rehyat_bin():
-    path = os.environ.get("REHYAT_BIN")
-    if not path or not os.access(path, os.X_OK):
-        pytest.fail(f"REHYAT_BIN must name the built rehyat binary (got {path!r}); run through ctest")
-    return path
-
-
 def run(rehyat_bin, *args, check=True):
     result = subprocess.run([rehyat_bin, *map(str, args)], capture_output=True, text=True, timeout=120)
     if check and result.returncode != 0:

@@ -10,7 +10,6 @@ config that contradicts the metadata, overwrite protection and --format onnx.
 The binary comes from $REHYAT_BIN (set by ctest).
 """
 import json
-import os
 import struct
 import subprocess
 from pathlib import Path
@@ -38,14 +37,6 @@ QUICKSTART_MODEL = {"dim": 64, "ffn_dim": 128, "freq_dim": 64, "num_heads": 2, "
                     "out_dim": 3, "text_len": 12, "text_dim": 32, "eps": 1e-6, "patch_size": [1, 2, 2]}
 ATTENTION_FIELDS = {"kind", "chunk_frames", "overlap_frames", "causal", "degree", "feature_dim", "hidden_dim",
                     "activation", "rate", "hybrid_blocks", "hybrid_block_count", "block_ranking", "converted_blocks"}
-
-
-@pytest.fixture(scope="session")
-def rehyat_bin():
-    path = os.environ.get("REHYAT_BIN")
-    if not path or not os.access(path, os.X_OK):
-        pytest.fail(f"REHYAT_BIN must name the built rehyat binary (got {path!r}); run through ctest")
-    return path
 
 
 def run(rehyat_bin, *args, check=True):

@@ -17,14 +17,6 @@ D, FFN, H, LAYERS, TEXT_LEN, TEXT_DIM, FREQ, IN, OUT = 1536, 8960, 12, 30, 512, 
 d = D // H
 
 
-@pytest.fixture(scope="session")
-def rehyat_bin():
-    path = os.environ.get("REHYAT_BIN")
-    if not path or not os.access(path, os.X_OK):
-        pytest.fail(f"REHYAT_BIN must name the built rehyat binary (got {path!r}); run through ctest")
-    return path
-
-
 def flops_json(rehyat_bin, *sets, frames=81, height=480, width=832):
     args = [rehyat_bin, "flops", "--model", WAN13, "--frames", str(frames), "--height", str(height),
             "--width", str(width), "--json"]

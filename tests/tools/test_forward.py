@@ -6,7 +6,6 @@ every gradient written by `--grad` must match a float64 finite difference of the
 model along a random direction. Bad inputs must fail naming the file and tensor. The
 binary comes from $REHYAT_BIN (set by ctest).
 """
-import os
 import re
 import subprocess
 
@@ -24,14 +23,6 @@ CONFIGS = {
     "d64": wan.WanConfig(dim=128, ffn_dim=192, freq_dim=64, num_heads=2, num_layers=2, in_dim=4,
                          out_dim=3, text_len=10, text_dim=16),
 }
-
-
-@pytest.fixture(scope="session")
-def rehyat_bin():
-    path = os.environ.get("REHYAT_BIN")
-    if not path or not os.access(path, os.X_OK):
-        pytest.fail(f"REHYAT_BIN must name the built rehyat binary (got {path!r}); run through ctest")
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ To >= Tc), linear and uniform_hybrid; `--grad` gradients of φ parameters must m
 finite differences of the numpy model. Missing φ tensors must be named. The binary comes
 from $REHYAT_BIN (set by ctest).
 """
-import os
 
 import numpy as np
 import pytest
@@ -31,14 +30,6 @@ CASES = {
     "linear": (hyb.AttentionConfig("linear"), 4),
     "uniform_hybrid": (hyb.AttentionConfig("uniform_hybrid", rate=2), 5),
 }
-
-
-@pytest.fixture(scope="session")
-def rehyat_bin():
-    path = os.environ.get("REHYAT_BIN")
-    if not path or not os.access(path, os.X_OK):
-        pytest.fail(f"REHYAT_BIN must name the built rehyat binary (got {path!r}); run through ctest")
-    return path
 
 
 def make_hybrid_case(tmp_path, att, seed, frames, grad=False, attention_in_file=True):

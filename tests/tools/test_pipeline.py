@@ -33,14 +33,6 @@ TINY = [
 ]
 
 
-@pytest.fixture(scope="session")
-def rehyat_bin():
-    path = os.environ.get("REHYAT_BIN")
-    if not path or not os.access(path, os.X_OK):
-        pytest.fail(f"REHYAT_BIN must name the built rehyat binary (got {path!r}); run through ctest")
-    return path
-
-
 def run(rehyat_bin, *args, check=True, timeout=900):
     result = subprocess.run([rehyat_bin, *map(str, args)], capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:

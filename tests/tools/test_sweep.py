@@ -33,14 +33,6 @@ METRICS = ["prompt_agreement", "colour_agreement", "motion_agreement", "heldout_
 VARIANTS = ["chunk_frames-1", "chunk_frames-3"]
 
 
-@pytest.fixture(scope="module")
-def rehyat_bin():
-    path = os.environ.get("REHYAT_BIN")
-    if not path or not os.access(path, os.X_OK):
-        pytest.fail(f"REHYAT_BIN must name the built rehyat binary (got {path!r}); run through ctest")
-    return path
-
-
 def sweep(rehyat_bin, *args, timeout=600):
     start = time.time()
     result = subprocess.run([rehyat_bin, "sweep", *map(str, args)], capture_output=True, text=True, timeout=timeout)
