@@ -47,13 +47,6 @@ struct ExportOptions {
   std::vector<const CLI::Option*> safetensors_only, onnx_only;  // given with the other format: an error
 };
 
-std::string human_bytes(uint64_t bytes) {
-  if (bytes >= (uint64_t(1) << 30)) return fmt::format("{:.2f} GiB", double(bytes) / double(uint64_t(1) << 30));
-  if (bytes >= (uint64_t(1) << 20)) return fmt::format("{:.2f} MiB", double(bytes) / double(uint64_t(1) << 20));
-  if (bytes >= 1024) return fmt::format("{:.1f} KiB", double(bytes) / 1024.0);
-  return fmt::format("{} B", bytes);
-}
-
 void check_output_path(const ExportOptions& o) {
   const fs::path out(o.out);
   REHYAT_CHECK(!fs::exists(out) || !fs::equivalent(out, fs::path(o.checkpoint)),

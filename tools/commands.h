@@ -5,7 +5,13 @@
 
 #include <CLI/CLI.hpp>
 
+#include <cstdint>
+#include <string>
+
 namespace rehyat::tools {
+
+// "512 B", "1.5 KiB", "2.3 GiB": byte counts in the subcommands' summaries (cmd_inspect.cpp).
+std::string human_bytes(uint64_t bytes);
 
 // rehyat inspect FILE [--json] [--values N]: list the tensors of a safetensors or HDF5 file.
 void add_inspect_command(CLI::App& app);
