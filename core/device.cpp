@@ -6,6 +6,8 @@
 
 #ifdef REHYAT_CUDA
 #include <cuda_runtime.h>
+
+#include "core/cuda_context.h"
 #endif
 
 namespace rehyat {
@@ -47,6 +49,23 @@ int cuda_device_count() {
   return count;
 #else
   return 0;
+#endif
+}
+
+void synchronize(Device device) {
+#ifdef REHYAT_CUDA
+  if (device.is_cuda()) cuda::synchronize(device);
+#else
+  REHYAT_CHECK(device.is_cpu(), "{}: rehyat was built without CUDA", device.str());
+#endif
+}
+
+std::string device_name(Device device) {
+  if (device.is_cpu()) return "cpu";
+#ifdef REHYAT_CUDA
+  return cuda::context(device.index).props.name;
+#else
+  REHYAT_FAIL("{}: rehyat was built without CUDA", device.str());
 #endif
 }
 

@@ -29,4 +29,12 @@ bool built_with_cuda();
 int cuda_device_count();
 inline bool cuda_available() { return cuda_device_count() > 0; }
 
+// Waits until the work queued on the device (its CUDA context's stream) is done, so a
+// wall-clock time around it measures that work; nothing to wait for on the CPU.
+void synchronize(Device device);
+
+// The device as reports name it: "cpu", or the CUDA device's product name
+// ("NVIDIA H100 80GB HBM3").
+std::string device_name(Device device);
+
 }  // namespace rehyat

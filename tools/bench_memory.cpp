@@ -11,7 +11,6 @@
 // Default: Wan2.1-1.3B, Tc = 3, To = 1, P = 2, 320 x 480 pixels (40 x 60 latents, 20 x 30
 // tokens per frame) at 81, 161, 321, 641 video frames (21, 41, 81, 161 latent frames).
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <fstream>
 #include <memory>
@@ -30,6 +29,7 @@
 #include "layers/hybrid_core.h"
 #include "layers/recurrent_forward.h"
 #include "layers/wan_model.h"
+#include "core/measure.h"
 #include "tools/commands.h"
 
 #ifdef REHYAT_CUDA
@@ -56,54 +56,10 @@ struct BenchMemoryOptions {
 
 double gib(size_t bytes) { return double(bytes) / double(1ull << 30); }
 
-void synchronize(Device device) {
-#ifdef REHYAT_CUDA
-  if (device.is_cuda()) cuda::synchronize(device);
-#endif
-}
-
 DType parse_float_dtype(const std::string& name, const char* option) {
   if (name == "f32") return DType::F32;
   if (name == "bf16") return DType::BF16;
   REHYAT_FAIL("{} must be f32 or bf16, got '{}'", option, name);
-}
-
-struct Run {
-  bool ok = false;
-  std::string failure;      // "OOM" or the error
-  double ms = 0;            // median over iters
-  size_t working_peak = 0;  // peak during the run minus bytes before it minus the returned velocity
-  size_t output_bytes = 0;  // the velocity
-};
-
-// Times fn (returning the velocity) iters times, synchronizing around each; peak from the
-// allocator over all runs.
-template <typename Fn>
-Run measure(Device device, int iters, Fn&& fn) {
-  Run run;
-  try {
-    std::vector<double> times;
-    for (int i = 0; i < iters; ++i) {
-      synchronize(device);
-      const size_t before = memory_stats(device).current_bytes;
-      reset_peak_memory(device);
-      const auto start = std::chrono::steady_clock::now();
-      Tensor velocity = fn();
-      synchronize(device);
-      times.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
-      const size_t peak = memory_stats(device).peak_bytes;
-      run.output_bytes = velocity.nbytes();
-      run.working_peak = std::max(run.working_peak, peak - before - run.output_bytes);
-    }
-    std::sort(times.begin(), times.end());
-    run.ms = times[times.size() / 2];
-    run.ok = true;
-  } catch (const std::exception& e) {
-    const std::string what = e.what();
-    run.failure = what.find("out of memory") != std::string::npos ? "OOM" : "failed: " + what;
-    empty_cache(device);
-  }
-  return run;
 }
 
 struct Size {
@@ -151,14 +107,14 @@ void run_bench_memory(const BenchMemoryOptions& options) {
   auto latents_for = [&](const Size& s) { return Tensor::randn(s.latent_shape, /*seed=*/4, 0, DType::F32, device); };
 
   // Recurrent runs (a warm-up on the smallest size first).
-  std::vector<Run> recurrent, softmax;
+  std::vector<Measurement> recurrent, softmax;
   {
     const Tensor latents = latents_for(sizes.front());
     layers::recurrent_forward(model, latents, timestep, context, compute);
   }
   for (const Size& s : sizes) {
     const Tensor latents = latents_for(s);
-    recurrent.push_back(measure(device, options.iters, [&] {
+    recurrent.push_back(measure_run(device, /*warmup=*/0, options.iters, [&] {
       return layers::recurrent_forward(model, latents, timestep, context, compute);
     }));
     fmt::print("recurrent {} frames: {}\n", s.video_frames,
@@ -198,8 +154,8 @@ void run_bench_memory(const BenchMemoryOptions& options) {
         autograd::NoGradGuard no_grad;
         return model.forward(latents, timestep, context, compute);
       };
-      if (!warmed) warmed = measure(device, 1, forward).ok;
-      softmax.push_back(measure(device, options.iters, forward));
+      softmax.push_back(measure_run(device, /*warmup=*/warmed ? 0 : 1, options.iters, forward));
+      warmed = warmed || softmax.back().ok;
       fmt::print("softmax {} frames: {}\n", s.video_frames,
                  softmax.back().ok ? fmt::format("{:.0f} ms, {:.3f} GiB", softmax.back().ms,
                                                  gib(softmax.back().working_peak))
@@ -207,15 +163,19 @@ void run_bench_memory(const BenchMemoryOptions& options) {
     }
   }
 
-  auto cell_ms = [](const Run& r) { return r.ok ? fmt::format("{:.0f}", r.ms) : r.failure.substr(0, 10); };
-  auto cell_gib = [](const Run& r) { return r.ok ? fmt::format("{:.3f}", gib(r.working_peak)) : std::string("-"); };
+  auto cell_ms = [](const Measurement& r) {
+    return r.ok ? fmt::format("{:.0f}", r.ms) : r.failure.substr(0, 10);
+  };
+  auto cell_gib = [](const Measurement& r) {
+    return r.ok ? fmt::format("{:.3f}", gib(r.working_peak)) : std::string("-");
+  };
   fmt::print("\n{:>7} {:>7} {:>8} {:>10} | {:>12} {:>14} | {:>12} {:>14} | {:>11}\n", "frames", "latent", "tokens",
              "latent MiB", "recurrent ms", "rec. peak GiB", "softmax ms", "soft. peak GiB", "output MiB");
   for (size_t i = 0; i < sizes.size(); ++i) {
     const Size& s = sizes[i];
     const double latent_mib = double(shape_numel(s.latent_shape) * 4) / double(1 << 20);
-    const Run none;
-    const Run& sm = i < softmax.size() ? softmax[i] : none;
+    const Measurement none;
+    const Measurement& sm = i < softmax.size() ? softmax[i] : none;
     fmt::print("{:>7} {:>7} {:>8} {:>10.1f} | {:>12} {:>14} | {:>12} {:>14} | {:>11.1f}\n", s.video_frames,
                s.grid.frames, s.grid.tokens(), latent_mib, cell_ms(recurrent[i]), cell_gib(recurrent[i]),
                softmax.empty() ? "skipped" : cell_ms(sm), softmax.empty() ? "-" : cell_gib(sm),
@@ -246,7 +206,7 @@ void run_bench_memory(const BenchMemoryOptions& options) {
     if (growth) j["recurrent_peak_growth"] = *growth;
     if (parity) j["recurrent_vs_parallel_max_rel_error"] = *parity;
     if (!parity_failure.empty()) j["recurrent_vs_parallel_failure"] = parity_failure;
-    auto run_json = [](const Run& r) {
+    auto run_json = [](const Measurement& r) {
       nlohmann::json x;
       x["ok"] = r.ok;
       if (!r.ok) x["failure"] = r.failure;
