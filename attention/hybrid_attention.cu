@@ -1,5 +1,12 @@
-// Fused CUDA path of the ReHyAt hybrid attention (kind Rehyat, bf16/f16 q/k/v, head dim 64
-// or 128, fp32 features and fp32 state). SPEC §3; notation of attention/hybrid_attention.cpp.
+// Fused CUDA path of the hybrid attention (kinds Rehyat, Linear and UniformHybrid; bf16/f16
+// q/k/v, head dim 64 or 128, fp32 features and fp32 state). SPEC §3; notation of
+// attention/hybrid_attention.cpp.
+//
+// The kinds differ only in which keys the softmax sees and in the linear mask M below:
+//   Rehyat         the flash kernel with per-chunk key ranges over k, v;
+//   UniformHybrid  the softmax keys (frames divisible by R) gathered into compact k, v and
+//                  seen by every query (plain flash, Nk < Nq); their gradients scattered back;
+//   Linear         no softmax: y = aL / (nL + eps); q and k get a zero gradient (only phi's).
 //
 // Why this shape: the chunk softmax is the flash kernel of attention/softmax_attention.cu
 // with per-chunk key ranges; the linear part is a handful of fp32 GEMMs on per-frame
@@ -195,17 +202,19 @@ template <typename T>
 __global__ void combine_forward_kernel(T* __restrict__ y, float* __restrict__ lse_joint, float* __restrict__ den_out,
                                        float* __restrict__ ratio, const T* __restrict__ o, const float* __restrict__ lse,
                                        const float* __restrict__ row_max, const float* __restrict__ a_lin, RowGeom g,
-                                       int d, int w) {
+                                       int d, int w, float eps) {
   const int64_t row = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;  // (b, n, h)
   const int lane = threadIdx.x % 32;
   if (row >= g.batch * g.tokens * g.heads) return;
   const int64_t h = row % g.heads, n = (row / g.heads) % g.tokens, b = row / (g.heads * g.tokens);
   const int64_t s = g.stat(b, n, h);
-  const float c = row_max[s], ns = expf(lse[s] - c);
+  // Without a softmax part (o == nullptr: kind Linear) the denominator is nL + eps.
+  const float c = o ? row_max[s] : 0.0f, ns = o ? expf(lse[s] - c) : 0.0f;
   const float* al = a_lin + g.frame_row(b, n, h) * w;
-  const float den = ns + al[d];
+  const float den = ns + al[d] + (o ? 0.0f : eps);
   const float inv = 1.0f / den;
-  for (int e = lane; e < d; e += 32) y[row * d + e] = from_f<T>((to_f(o[row * d + e]) * ns + al[e]) * inv);
+  for (int e = lane; e < d; e += 32)
+    y[row * d + e] = from_f<T>(((o ? to_f(o[row * d + e]) * ns : 0.0f) + al[e]) * inv);
   if (lane == 0) {
     lse_joint[s] = c + logf(den);
     den_out[s] = den;
@@ -227,7 +236,7 @@ __global__ void prepare_backward_kernel(float* __restrict__ ghat, float* __restr
   for (int e = lane; e < d; e += 32) {
     const float gy = to_f(dy[row * d + e]);
     dyy += gy * to_f(y[row * d + e]);
-    dyo += gy * to_f(o[row * d + e]);
+    if (o) dyo += gy * to_f(o[row * d + e]);  // no softmax part (Linear): dc unused
   }
   dyy = warp_sum(dyy);
   dyo = warp_sum(dyo);
@@ -341,6 +350,22 @@ __global__ void add_dv_kernel(T* __restrict__ dv, const float* __restrict__ dv_l
   for (int e = lane; e < d; e += 32) dv[row * d + e] = from_f<T>(to_f(dv[row * d + e]) + dvl[e]);
 }
 
+// Every R-th frame of a [B, T, X] tensor <-> a compact [B, Ns, X] one, Ns = ceil(T / R):
+// gather copies frame g*R of `full` to frame g of `compact`; scatter copies back (the other
+// frames of `full` are left alone).
+template <typename T>
+__global__ void strided_frames_kernel(T* __restrict__ full, T* __restrict__ compact, int64_t batch, int64_t frames,
+                                      int64_t compact_frames, int64_t rate, int64_t x, bool gather) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= batch * compact_frames * x) return;
+  const int64_t e = i % x, g = (i / x) % compact_frames, b = i / (x * compact_frames);
+  const int64_t f = (b * frames + g * rate) * x + e;
+  if (gather)
+    compact[i] = full[f];
+  else
+    full[f] = compact[i];
+}
+
 // dq += scale dc k_a, dk += dk_corr, dv += dv_lin; one warp per row.
 template <typename T>
 __global__ void finalize_backward_kernel(T* __restrict__ dq, T* __restrict__ dk, T* __restrict__ dv,
@@ -384,9 +409,34 @@ struct Saved {
   Tensor vhat;                   // [B, N, H, d+1] f32
   Tensor state_q;                // Sq [B, T, H, Dp, d+1] f32
   Tensor linear_mask;            // M [T, T] f32
+  Tensor k_soft, v_soft;         // the softmax keys/values: k, v (Rehyat), compact (UniformHybrid), none (Linear)
+  KeyRange keys;                 // the softmax key ranges over k_soft
   HybridOptions options;
   double scale;
 };
+
+// Frames 0, R, 2R, ... of t [B, N, H, d] as a compact contiguous [B, Ns*ft, H, d].
+template <typename T>
+Tensor gather_frames(const Tensor& t, int64_t frames, int64_t ft, int64_t rate) {
+  const int64_t B = t.size(0), x = ft * t.size(2) * t.size(3), ns = (frames + rate - 1) / rate;
+  Tensor out = Tensor::empty({B, ns * ft, t.size(2), t.size(3)}, t.dtype(), t.device());
+  strided_frames_kernel<T><<<unsigned(ceil_div(B * ns * x, 256)), 256, 0, rehyat::cuda::stream(t.device())>>>(
+      const_cast<T*>(static_cast<const T*>(t.data_ptr())), static_cast<T*>(out.data_ptr()), B, frames, ns, rate, x,
+      true);
+  CUDA_CHECK_LAUNCH();
+  return out;
+}
+// The inverse: a zero [B, T*ft, H, d] with compact's frames at 0, R, 2R, ...
+template <typename T>
+Tensor scatter_frames(const Tensor& compact, int64_t frames, int64_t ft, int64_t rate) {
+  const int64_t B = compact.size(0), x = ft * compact.size(2) * compact.size(3), ns = compact.size(1) / ft;
+  Tensor out = Tensor::zeros({B, frames * ft, compact.size(2), compact.size(3)}, compact.dtype(), compact.device());
+  strided_frames_kernel<T><<<unsigned(ceil_div(B * ns * x, 256)), 256, 0, rehyat::cuda::stream(compact.device())>>>(
+      static_cast<T*>(out.data_ptr()), const_cast<T*>(static_cast<const T*>(compact.data_ptr())), B, frames, ns,
+      rate, x, false);
+  CUDA_CHECK_LAUNCH();
+  return out;
+}
 
 // Frame f of a [B, N, H, x] tensor for batch b: [H, ft, x] (strides x, H*x, 1).
 Tensor frame_rows(const Tensor& t, int64_t b, int64_t f, int64_t ft) {
@@ -413,17 +463,30 @@ Tensor forward_impl(Saved& s, const hybrid_detail::Dims& n) {
   const cudaStream_t stream = rehyat::cuda::stream(dev);
   const int64_t B = n.batch, N = n.tokens, H = n.heads, d = n.head_dim, Dp = n.feature_dim, T_ = n.frames;
   const int64_t ft = s.options.frame_tokens, W = ext_width(d);
-  KeyRange keys;
-  keys.frame_tokens = ft;
-  keys.chunk_frames = s.options.chunk_frames;
-  keys.overlap_frames = s.options.overlap_frames;
   PhaseTimer timer("fwd", stream);
-  s.o = Tensor::empty(q.shape(), q.dtype(), dev);
-  Tensor lse = Tensor::empty({B, H, N}, DType::F32, dev), row_max = Tensor::empty({B, H, N}, DType::F32, dev);
-  s.argmax = Tensor::empty({B, H, N}, DType::I32, dev);
-  if (!softmax_attention_forward_argmax(s.o, lse, row_max, s.argmax, q, k, v, s.scale, keys)) {
-    s.argmax = Tensor();
-    softmax_attention_forward(s.o, lse, row_max, q, k, v, s.scale, keys);
+  Tensor lse, row_max;
+  if (s.options.kind == AttentionKind::Rehyat) {
+    s.k_soft = k;
+    s.v_soft = v;
+    s.keys.frame_tokens = ft;
+    s.keys.chunk_frames = s.options.chunk_frames;
+    s.keys.overlap_frames = s.options.overlap_frames;
+  } else if (s.options.kind == AttentionKind::UniformHybrid) {
+    s.k_soft = gather_frames<T>(k, T_, ft, s.options.rate);
+    s.v_soft = gather_frames<T>(v, T_, ft, s.options.rate);
+    s.keys = KeyRange{};  // every query sees every softmax key
+  }
+  if (s.k_soft.defined()) {
+    s.o = Tensor::empty(q.shape(), q.dtype(), dev);
+    lse = Tensor::empty({B, H, N}, DType::F32, dev);
+    row_max = Tensor::empty({B, H, N}, DType::F32, dev);
+    s.argmax = Tensor::empty({B, H, N}, DType::I32, dev);
+    if (!softmax_attention_forward_argmax(s.o, lse, row_max, s.argmax, q, s.k_soft, s.v_soft, s.scale, s.keys)) {
+      REHYAT_CHECK(s.options.kind == AttentionKind::Rehyat,
+                   "hybrid_attention: the flash kernels did not take the uniform_hybrid problem q {}", q.str());
+      s.argmax = Tensor();
+      softmax_attention_forward(s.o, lse, row_max, q, s.k_soft, s.v_soft, s.scale, s.keys);
+    }
   }
   timer.mark("flash");
 
@@ -455,8 +518,10 @@ Tensor forward_impl(Saved& s, const hybrid_detail::Dims& n) {
   s.ratio = Tensor::empty({B, H, N}, DType::F32, dev);
   const RowGeom g{B, N, H, T_, ft};
   combine_forward_kernel<T><<<row_blocks(rows), kRowWarps * 32, 0, stream>>>(
-      mptr<T>(s.y), mptr<float>(s.lse_joint), mptr<float>(s.den), mptr<float>(s.ratio), cptr<T>(s.o),
-      cptr<float>(lse), cptr<float>(row_max), cptr<float>(a_lin), g, int(d), int(W));
+      mptr<T>(s.y), mptr<float>(s.lse_joint), mptr<float>(s.den), mptr<float>(s.ratio),
+      s.o.defined() ? cptr<T>(s.o) : nullptr, s.o.defined() ? cptr<float>(lse) : nullptr,
+      s.o.defined() ? cptr<float>(row_max) : nullptr, cptr<float>(a_lin), g, int(d), int(W),
+      float(s.options.linear_eps));
   CUDA_CHECK_LAUNCH();
   timer.mark("combine");
   return s.y;
@@ -470,25 +535,37 @@ std::vector<Tensor> backward_impl(const Saved& s, const Tensor& dy_in, const hyb
   const int64_t ft = s.options.frame_tokens, rows = B * N * H, W = ext_width(d);
   PhaseTimer timer("bwd", stream);
   Tensor dy = dy_in.dtype() == s.q.dtype() ? dy_in.contiguous() : dy_in.to(s.q.dtype()).contiguous();
-  KeyRange keys;
-  keys.frame_tokens = ft;
-  keys.chunk_frames = s.options.chunk_frames;
-  keys.overlap_frames = s.options.overlap_frames;
-  Tensor dq = Tensor::empty(s.q.shape(), s.q.dtype(), dev), dk = Tensor::empty(s.q.shape(), s.q.dtype(), dev),
-         dv = Tensor::empty(s.q.shape(), s.q.dtype(), dev);
+  const bool softmax = s.k_soft.defined();
+  const bool uniform = s.options.kind == AttentionKind::UniformHybrid;
   const RowGeom g{B, N, H, T_, ft};
   Tensor ghat = Tensor::empty({B, T_, H, ft, W}, DType::F32, dev);  // frame-major rows
   Tensor dc = Tensor::empty({B, H, N}, DType::F32, dev);
   prepare_backward_kernel<T><<<row_blocks(rows), kRowWarps * 32, 0, stream>>>(
-      mptr<float>(ghat), mptr<float>(dc), cptr<T>(dy), cptr<T>(s.y), cptr<T>(s.o), cptr<float>(s.den),
-      cptr<float>(s.ratio), g, int(d), int(W));
+      mptr<float>(ghat), mptr<float>(dc), cptr<T>(dy), cptr<T>(s.y), softmax ? cptr<T>(s.o) : nullptr,
+      cptr<float>(s.den), cptr<float>(s.ratio), g, int(d), int(W));
   CUDA_CHECK_LAUNCH();
   timer.mark("prepare");
-  // Softmax part (with the row-max correction folded in when the forward tracked the arg-max).
-  const bool folded = s.argmax.defined() && softmax_attention_backward_row_max(dq, dk, dv, dy, s.q, s.k, s.v, s.y,
-                                                                               s.lse_joint, s.argmax, dc, s.scale,
-                                                                               keys);
-  if (!folded) softmax_attention_backward(dq, dk, dv, dy, s.q, s.k, s.v, s.y, s.lse_joint, s.scale, keys);
+  // Softmax part (with the row-max correction folded in when the forward tracked the arg-max),
+  // on the softmax keys; UniformHybrid's compact key gradients go back to their frames.
+  Tensor dq, dk, dv;
+  bool folded = true;
+  if (softmax) {
+    dq = Tensor::empty(s.q.shape(), s.q.dtype(), dev);
+    dk = Tensor::empty(s.k_soft.shape(), s.q.dtype(), dev);
+    dv = Tensor::empty(s.k_soft.shape(), s.q.dtype(), dev);
+    folded = s.argmax.defined() && softmax_attention_backward_row_max(dq, dk, dv, dy, s.q, s.k_soft, s.v_soft, s.y,
+                                                                      s.lse_joint, s.argmax, dc, s.scale, s.keys);
+    if (!folded) softmax_attention_backward(dq, dk, dv, dy, s.q, s.k, s.v, s.y, s.lse_joint, s.scale, s.keys);
+    if (uniform) {
+      dk = scatter_frames<T>(dk, T_, ft, s.options.rate);
+      dv = scatter_frames<T>(dv, T_, ft, s.options.rate);
+    }
+  } else {
+    // Linear: q and k only enter through phi (computed outside): their gradient here is 0.
+    dq = Tensor::zeros(s.q.shape(), s.q.dtype(), dev);
+    dk = Tensor::zeros(s.q.shape(), s.q.dtype(), dev);
+    dv = Tensor::zeros(s.q.shape(), s.q.dtype(), dev);
+  }
   timer.mark("flash");
 
   // Linear part: per-(b, h) GEMMs batched over frames; dphi written in its [B, N, H, Dp] layout.
@@ -522,7 +599,7 @@ std::vector<Tensor> backward_impl(const Saved& s, const Tensor& dy_in, const hyb
     timer.mark("add_dv");
     return {dq, dk, dv, dphi_q, dphi_k};
   }
-  // Row max (fallback).
+  // Row max (fallback; Rehyat only: the forward insists on the flash kernels otherwise).
   Tensor argmax = Tensor::empty({B, H, N}, DType::I32, dev);
   const dim3 grid(unsigned(ceil_div(N, kArgRows)), unsigned(B * H));
   auto scan = d == 64 ? row_argmax_kernel<T, 64> : row_argmax_kernel<T, 128>;
@@ -542,7 +619,7 @@ std::vector<Tensor> backward_impl(const Saved& s, const Tensor& dy_in, const hyb
 }  // namespace
 
 bool hybrid_supported(const Tensor& q, const Tensor& phi_q, const HybridOptions& options) {
-  return options.kind == AttentionKind::Rehyat && (q.dtype() == DType::BF16 || q.dtype() == DType::F16) &&
+  return options.kind != AttentionKind::Softmax && (q.dtype() == DType::BF16 || q.dtype() == DType::F16) &&
          (q.size(3) == 64 || q.size(3) == 128) && phi_q.dtype() == DType::F32;
 }
 
@@ -572,7 +649,7 @@ Tensor hybrid_attention(const Tensor& q, const Tensor& k, const Tensor& v, const
       return bf16 ? backward_impl<__nv_bfloat16>(*saved, g, n) : backward_impl<__half>(*saved, g, n);
     });
   } else {
-    s.vhat = s.state_q = s.o = s.argmax = Tensor();
+    s.vhat = s.state_q = s.o = s.argmax = s.k_soft = s.v_soft = Tensor();
   }
   return y;
 }

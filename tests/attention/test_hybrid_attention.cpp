@@ -241,6 +241,19 @@ TEST(HybridAttentionCuda, RehyatNonCausal) {
     for (int64_t d : {64, 128})
       compare_gpu_with_cpu({1, 5, 37, 2, d, 32, make_options(AttentionKind::Rehyat, 37, 2, 1, false)}, dtype, 63);
 }
+// The fused path of the baselines: Linear (no softmax part) and UniformHybrid (compact
+// softmax keys, T not a multiple of R, frame_tokens not a tile multiple).
+TEST(HybridAttentionCuda, LinearAndUniformFused) {
+  SKIP_WITHOUT_GPU();
+  for (DType dtype : {DType::BF16, DType::F16})
+    for (int64_t d : {64, 128}) {
+      compare_gpu_with_cpu({1, 5, 37, 2, d, 32, make_options(AttentionKind::Linear, 37, 1, 0, true)}, dtype, 67);
+      compare_gpu_with_cpu({2, 7, 33, 2, d, 32, make_options(AttentionKind::UniformHybrid, 33, 1, 0, true, 3)}, dtype,
+                           68);
+      compare_gpu_with_cpu({1, 4, 40, 1, d, 16, make_options(AttentionKind::UniformHybrid, 40, 1, 0, true, 2)}, dtype,
+                           69);
+    }
+}
 TEST(HybridAttentionCuda, OtherKindsAndF32) {
   SKIP_WITHOUT_GPU();
   compare_gpu_with_cpu({1, 3, 9, 2, 16, 8, make_options(AttentionKind::Linear, 9, 1, 0, true)}, DType::F32, 64);
