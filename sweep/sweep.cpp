@@ -17,6 +17,7 @@
 #include <deque>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <optional>
 #include <sstream>
 #include <thread>
@@ -583,7 +584,7 @@ SweepOutcome run_sweep(const SweepOptions& options) {
 
   SweepOutcome outcome;
   outcome.results_dir = spec.results_dir;
-  std::deque<Job> queue;
+  std::vector<std::pair<const Variant*, std::string>> pending;  // (variant, console label)
   for (size_t i = 0; i < selected.size(); ++i) {
     const Variant& v = *selected[i];
     const std::string dir = layout.variant_dir(v.name);
@@ -613,63 +614,96 @@ SweepOutcome run_sweep(const SweepOptions& options) {
       outcome.failed.push_back(v.name);
       continue;
     }
-    queue.push_back(variant_job(spec, v, layout, stages, label));
+    pending.emplace_back(&v, label);
   }
   regenerate(false);
 
+  // Variants sharing a GPU (more jobs than GPUs) would skew the latency the eval stage
+  // measures, so then every variant's eval runs after the other stages, one per GPU.
+  std::vector<std::vector<std::string>> phases = {stages};
+  const bool gpus_shared = cuda && jobs > std::max(1, int(gpus.size()));
+  if (gpus_shared && stages.size() > 1 && std::find(stages.begin(), stages.end(), "eval") != stages.end()) {
+    std::vector<std::string> before_eval;
+    for (const std::string& s : stages)
+      if (s != "eval") before_eval.push_back(s);
+    phases = {before_eval, {"eval"}};
+    log::info("sweep {}: {} variants at a time share {} GPU(s): eval (which times the models) runs last, {} at a time",
+              spec.name, jobs, gpus.size(), std::max(1, int(gpus.size())));
+  }
+  std::map<std::string, double> seconds;  // per variant, over the phases
   Clock::time_point last_heartbeat = Clock::now();
-  while (!queue.empty() || !runner.idle()) {
-    if (g_signal) interrupted(runner);
-    while (!queue.empty() && runner.has_free_slot()) {
-      Job job = std::move(queue.front());
-      queue.pop_front();
-      try {
-        const LinkCounts links = link_shared_files(layout.shared_dir, job.dir);
-        if (links.copied) log::warn("{}: {} shared files copied (hard links refused)", job.label, links.copied);
-      } catch (const std::exception& e) {
-        write_record(job.dir, {{"status", "failed"},
-                               {"device", nullptr},
-                               {"started", std::time(nullptr)},
-                               {"seconds", 0},
-                               {"exit_code", nullptr},
-                               {"signal", nullptr},
-                               {"error", e.what()},
-                               {"log_tail", json::array()}});
-        log::error("{}: FAILED before starting: {}", job.label, e.what());
-        outcome.failed.push_back(job.name);
+  for (size_t phase = 0; phase < phases.size(); ++phase) {
+    const std::vector<std::string>& phase_stages = phases[phase];
+    const bool last_phase = phase + 1 == phases.size();
+    std::deque<Job> queue;
+    for (const auto& [v, label] : pending)
+      if (!run_finished(layout.variant_dir(v->name), phase_stages))
+        queue.push_back(variant_job(spec, *v, layout, phase_stages, label));
+      else if (last_phase)
+        outcome.finished.push_back(v->name);  // its earlier phases ran in this sweep
+    Runner phase_runner(executable, phase_stages == std::vector<std::string>{"eval"} ? std::max(1, int(gpus.size())) : jobs,
+                  cuda, gpus);
+    while (!queue.empty() || !phase_runner.idle()) {
+      if (g_signal) interrupted(phase_runner);
+      while (!queue.empty() && phase_runner.has_free_slot()) {
+        Job job = std::move(queue.front());
+        queue.pop_front();
+        try {
+          const LinkCounts links = link_shared_files(layout.shared_dir, job.dir);
+          if (links.copied) log::warn("{}: {} shared files copied (hard links refused)", job.label, links.copied);
+        } catch (const std::exception& e) {
+          write_record(job.dir, {{"status", "failed"},
+                                 {"device", nullptr},
+                                 {"started", std::time(nullptr)},
+                                 {"seconds", 0},
+                                 {"exit_code", nullptr},
+                                 {"signal", nullptr},
+                                 {"error", e.what()},
+                                 {"log_tail", json::array()}});
+          log::error("{}: FAILED before starting: {}", job.label, e.what());
+          outcome.failed.push_back(job.name);
+          std::erase_if(pending, [&](const auto& p) { return p.first->name == job.name; });
+          regenerate(false);
+          continue;
+        }
+        const Child& child = phase_runner.start(job);
+        write_record(job.dir, {{"status", "running"}, {"device", child.device}, {"started", child.started}});
+        log::info("{}: started on {}{} (log: {}/sweep.log)", job.label, child.device,
+                  phases.size() > 1 ? fmt::format(" for {}", fmt::join(phase_stages, ",")) : std::string(), job.dir);
+      }
+      const std::vector<Ended> ended = phase_runner.reap();
+      for (const Ended& e : ended) {
+        const Job& job = e.child.job;
+        const bool ok = e.exit_code == 0 && run_finished(job.dir, phase_stages);
+        seconds[job.name] += e.seconds;
+        const std::vector<std::string> tail =
+            ok ? std::vector<std::string>{} : log_tail(job.dir + "/sweep.log", e.child.log_offset, kLogTailLines);
+        json record = ended_record(e, ok ? (last_phase ? "finished" : "running") : "failed", tail);
+        record["seconds"] = seconds[job.name];
+        write_record(job.dir, record);
+        if (ok && !last_phase) {
+          log::info("{}: {} done in {}", job.label, fmt::join(phase_stages, ","), duration_text(e.seconds));
+        } else if (ok) {
+          log::info("{}: finished in {}{}", job.label, duration_text(seconds[job.name]), outcome_summary(job.dir));
+          outcome.finished.push_back(job.name);
+        } else {
+          log::error("{}: FAILED after {} ({}); last lines of {}/sweep.log:{}", job.label, duration_text(e.seconds),
+                     why_failed(e), job.dir, indented(tail));
+          outcome.failed.push_back(job.name);
+          std::erase_if(pending, [&](const auto& p) { return p.first->name == job.name; });
+        }
         regenerate(false);
-        continue;
       }
-      const Child& child = runner.start(job);
-      write_record(job.dir, {{"status", "running"}, {"device", child.device}, {"started", child.started}});
-      log::info("{}: started on {} (log: {}/sweep.log)", job.label, child.device, job.dir);
-    }
-    const std::vector<Ended> ended = runner.reap();
-    for (const Ended& e : ended) {
-      const Job& job = e.child.job;
-      const bool ok = e.exit_code == 0 && run_finished(job.dir, stages);
-      const std::vector<std::string> tail =
-          ok ? std::vector<std::string>{} : log_tail(job.dir + "/sweep.log", e.child.log_offset, kLogTailLines);
-      write_record(job.dir, ended_record(e, ok ? "finished" : "failed", tail));
-      if (ok) {
-        log::info("{}: finished in {}{}", job.label, duration_text(e.seconds), outcome_summary(job.dir));
-        outcome.finished.push_back(job.name);
-      } else {
-        log::error("{}: FAILED after {} ({}); last lines of {}/sweep.log:{}", job.label, duration_text(e.seconds),
-                   why_failed(e), job.dir, indented(tail));
-        outcome.failed.push_back(job.name);
-      }
-      regenerate(false);
-    }
-    if (ended.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(200));
-    if (!runner.idle() && options.heartbeat_seconds > 0 &&
-        std::chrono::duration<double>(Clock::now() - last_heartbeat).count() >= options.heartbeat_seconds) {
-      last_heartbeat = Clock::now();
-      for (const Child& c : runner.running()) {
-        const std::vector<std::string> last = log_tail(c.job.dir + "/sweep.log", c.log_offset, 1);
-        log::info("{}: running for {}{}", c.job.label,
-                  duration_text(std::chrono::duration<double>(Clock::now() - c.start).count()),
-                  last.empty() ? "" : ": " + last.back());
+      if (ended.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      if (!phase_runner.idle() && options.heartbeat_seconds > 0 &&
+          std::chrono::duration<double>(Clock::now() - last_heartbeat).count() >= options.heartbeat_seconds) {
+        last_heartbeat = Clock::now();
+        for (const Child& c : phase_runner.running()) {
+          const std::vector<std::string> last = log_tail(c.job.dir + "/sweep.log", c.log_offset, 1);
+          log::info("{}: running for {}{}", c.job.label,
+                    duration_text(std::chrono::duration<double>(Clock::now() - c.start).count()),
+                    last.empty() ? "" : ": " + last.back());
+        }
       }
     }
   }

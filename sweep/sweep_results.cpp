@@ -254,9 +254,21 @@ json collect_variant(const SweepSpec& spec, const Variant& variant, const SweepL
 
   const json metrics = read_json_or_null(dir + "/eval/metrics.json");
   v["metrics"] = metrics.is_object() ? metrics : json::object();
-  // Measured on the GPU by a later piece of work; null until then.
+  // The eval stage measures one velocity evaluation of one video per model (in the sample
+  // stage's mode); a variant's figure is its last student's (finetune, else distill).
   v["latency_ms"] = nullptr;
   v["peak_memory_bytes"] = nullptr;
+  v["latency_model"] = nullptr;
+  for (const char* model : {"finetune", "distill"})
+    if (v["metrics"].contains(model) && v["metrics"][model].contains("latency_ms")) {
+      const json& m = v["metrics"][model];
+      v["latency_ms"] = m["latency_ms"];
+      v["peak_memory_bytes"] = m.value("peak_memory_bytes", json(nullptr));
+      v["latency_model"] = {{"model", model},
+                            {"mode", m.value("latency_mode", json(nullptr))},
+                            {"device", m.value("device", json(nullptr))}};
+      break;
+    }
   if (status == "failed")
     v["failure"] = {{"exit_code", record.value("exit_code", json(nullptr))},
                     {"signal", record.value("signal", json(nullptr))},
@@ -309,7 +321,10 @@ json collect_results(const SweepSpec& spec, const SweepLayout& layout, const std
     r["variants"].push_back(std::move(v));
   }
   r["counts"] = counts;
-  r["measured"] = "latency_ms and peak_memory_bytes are not measured yet (null)";
+  r["measured"] =
+      "latency_ms: one velocity evaluation of one video by the variant's last student (latency_model), median of "
+      "the eval stage's runs with the device to itself; peak_memory_bytes: the allocator's peak during it beyond "
+      "the parameters and inputs";
   r["plots"] = json::array();
   return r;
 }
@@ -454,7 +469,27 @@ std::string results_table_md(const json& results) {
     row.push_back(duration_text(number_or_nan(v["wall_seconds"])));
     md += md_row(row);
   }
-  md += "\nMeasured latency and peak memory: not measured yet (null in results.json).\n";
+  md += "\n## Latency and memory\n\nOne velocity evaluation of one video (the eval stage, median of its runs), in "
+        "the mode the sample stage used; peak memory: the allocator's peak beyond the parameters and inputs, less "
+        "the returned velocity.\n\n";
+  md += md_row({"variant", "model", "mode", "device", "ms", "peak MiB"}) + md_rule(6);
+  auto latency_row = [&](const std::string& variant, const std::string& model, const json& m) {
+    const double bytes = number_or_nan(m.value("peak_memory_bytes", json(nullptr)));
+    md += md_row({variant, model, m.value("latency_mode", "–"), m.value("device", "–"),
+                  cell(number_or_nan(m.value("latency_ms", json(nullptr)))), cell(bytes / double(1 << 20))});
+  };
+  const json* teacher = nullptr;  // the same model in every variant: one row, from the first that measured it
+  std::string teacher_from;
+  for (const json& v : variants) {
+    if (!v["latency_model"].is_object()) continue;
+    const std::string model = v["latency_model"]["model"];
+    latency_row(v["name"].get<std::string>(), model, v["metrics"][model]);
+    if (!teacher && v["metrics"].contains("teacher") && v["metrics"]["teacher"].contains("latency_ms")) {
+      teacher = &v["metrics"]["teacher"];
+      teacher_from = v["name"].get<std::string>();
+    }
+  }
+  if (teacher) latency_row("teacher (in " + teacher_from + ")", "teacher", *teacher);
 
   bool any_failed = false;
   for (const json& v : variants) any_failed |= v["status"] == "failed";

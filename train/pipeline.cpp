@@ -21,6 +21,7 @@
 #include "core/atomic_file.h"
 #include "core/check.h"
 #include "core/log.h"
+#include "core/measure.h"
 #include "core/safetensors.h"
 #include "data/activation_cache.h"
 #include "data/shapes_dataset.h"
@@ -635,6 +636,26 @@ class Pipeline {
     return total / double(cfg_.eval_videos * cfg_.eval_sigmas);
   }
 
+  // What one velocity evaluation of one held-out video costs in the mode the sample stage
+  // used (recurrent for a causal student when sample.mode is recurrent, else parallel):
+  // core/measure.h's median wall time of kLatencyRuns runs after a warm-up, device
+  // synchronized, and the allocator's peak during a run beyond what was held before it
+  // (parameters, inputs) less the returned velocity.
+  static constexpr int kLatencyRuns = 5;
+
+  Measurement forward_cost(WanModel& model, bool recurrent, const data::ShapesDataset& heldout) const {
+    autograd::NoGradGuard no_grad;
+    const Tensor x = Tensor::randn(video_shape(1), stream_seed(cfg_.seed, kEvalNoise), 0, DType::F32, cfg_.device);
+    const Tensor t = Tensor::full({1}, 500.0, DType::F32, cfg_.device);
+    const Tensor text = heldout.text_embedding(0).unsqueeze(0).to(cfg_.device);
+    const Measurement m = measure_run(cfg_.device, /*warmup=*/1, kLatencyRuns, [&] {
+      return recurrent ? layers::recurrent_forward(model, x, t, text, cfg_.compute)
+                       : model.forward(x, t, text, cfg_.compute);
+    });
+    REHYAT_CHECK(m.ok, "eval: timing one forward ({}) failed: {}", recurrent ? "recurrent" : "parallel", m.failure);
+    return m;
+  }
+
   void eval() {
     ensure_datasets();
     fs::create_directories(path("eval"));
@@ -675,7 +696,14 @@ class Pipeline {
         for (int64_t i = 0; i < n; ++i) p += psnr(v.select(0, i), videos.at("teacher").select(0, i));
         m["psnr_vs_teacher"] = p / double(n);
       }
-      m["heldout_fm_loss"] = heldout_loss(load_named_model(name), heldout);
+      WanModel model = load_named_model(name);
+      m["heldout_fm_loss"] = heldout_loss(model, heldout);
+      const bool recurrent = name != "teacher" && cfg_.sample_mode == "recurrent";
+      const Measurement cost = forward_cost(model, recurrent, heldout);
+      m["latency_ms"] = cost.ms;
+      m["peak_memory_bytes"] = cost.working_peak;
+      m["latency_mode"] = recurrent ? "recurrent" : "parallel";
+      m["device"] = device_name(cfg_.device);
       metrics[name] = m;
       log::info("eval {}: prompt agreement {:.2f}, held-out loss {:.4f}", name, m["prompt_agreement"].get<double>(),
                 m["heldout_fm_loss"].get<double>());
@@ -715,16 +743,22 @@ class Pipeline {
     }
     r += "## Metrics (held-out prompts, SPEC §5)\n\n"
          "| model | prompt agreement | colour | motion | PSNR vs teacher (dB) | held-out FM loss | smoothness (px) | "
-         "boundary incoherence |\n|---|---|---|---|---|---|---|---|\n";
+         "boundary incoherence | one forward (ms) | its peak memory (MiB) |\n|---|---|---|---|---|---|---|---|---|---|\n";
     auto num = [](const json& m, const char* key, const char* f) {
       if (!m.contains(key) || m[key].is_null()) return std::string("–");
       return fmt::format(fmt::runtime(f), m[key].get<double>());
     };
     for (const auto& [name, m] : metrics.items())
-      r += fmt::format("| {} | {} | {} | {} | {} | {} | {} | {} |\n", name, num(m, "prompt_agreement", "{:.2f}"),
-                       num(m, "colour_agreement", "{:.2f}"), num(m, "motion_agreement", "{:.2f}"),
-                       num(m, "psnr_vs_teacher", "{:.2f}"), num(m, "heldout_fm_loss", "{:.4f}"),
-                       num(m, "trajectory_smoothness", "{:.3f}"), num(m, "chunk_boundary_incoherence", "{:.3f}"));
+      r += fmt::format("| {} | {} | {} | {} | {} | {} | {} | {} | {} ({}) | {:.1f} |\n", name,
+                       num(m, "prompt_agreement", "{:.2f}"), num(m, "colour_agreement", "{:.2f}"),
+                       num(m, "motion_agreement", "{:.2f}"), num(m, "psnr_vs_teacher", "{:.2f}"),
+                       num(m, "heldout_fm_loss", "{:.4f}"), num(m, "trajectory_smoothness", "{:.3f}"),
+                       num(m, "chunk_boundary_incoherence", "{:.3f}"), num(m, "latency_ms", "{:.1f}"),
+                       m.value("latency_mode", "?"), double(m.value("peak_memory_bytes", size_t(0))) / double(1 << 20));
+    r += fmt::format("\nOne forward: one velocity evaluation of one video on {} (median of {} runs), in the mode the "
+                     "sample stage used; its peak memory is the allocator's beyond the parameters and inputs, less the "
+                     "velocity.\n",
+                     device_name(cfg_.device), kLatencyRuns);
     r += "\n## Samples\n\nOne row per held-out prompt (frames left to right):\n\n";
     for (int64_t i = 0; i < cfg_.sample_prompts; ++i) r += fmt::format("{}. {}\n", i + 1, heldout.caption(i));
     r += "\n";

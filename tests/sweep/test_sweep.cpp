@@ -310,7 +310,7 @@ void write_json(const std::string& path, const json& j) {
   write_file(path, j.dump(2));
 }
 
-json metrics_of(double prompt, double psnr, double incoherence) {
+json metrics_of(double prompt, double psnr, double incoherence, double latency_ms = 0) {
   json m = {{"prompt_agreement", prompt},
             {"colour_agreement", 1.0},
             {"motion_agreement", prompt},
@@ -318,6 +318,12 @@ json metrics_of(double prompt, double psnr, double incoherence) {
             {"chunk_boundary_incoherence", incoherence},
             {"heldout_fm_loss", 0.03}};
   if (psnr > 0) m["psnr_vs_teacher"] = psnr;
+  if (latency_ms > 0) {  // what the eval stage measures
+    m["latency_ms"] = latency_ms;
+    m["peak_memory_bytes"] = size_t(3) << 20;
+    m["latency_mode"] = psnr > 0 ? "recurrent" : "parallel";
+    m["device"] = "cpu";
+  }
   return m;
 }
 
@@ -336,9 +342,9 @@ void finished_run(const std::string& dir, double prompt, double psnr, const std:
              {{"blocks", {{"0", {{"before", 0.5}, {"after", 0.25}}}, {"1", {{"before", 1.0}, {"after", 0.0625}}}}},
               {"ranking", {0, 1}},
               {"converted_blocks", converted}});
-  write_json(dir + "/eval/metrics.json", {{"teacher", metrics_of(0.75, 0, 1.0)},
-                                          {"distill", metrics_of(prompt / 2, psnr - 1, 2.0)},
-                                          {"finetune", metrics_of(prompt, psnr, 1.5)}});
+  write_json(dir + "/eval/metrics.json", {{"teacher", metrics_of(0.75, 0, 1.0, 5.0)},
+                                          {"distill", metrics_of(prompt / 2, psnr - 1, 2.0, 2.0)},
+                                          {"finetune", metrics_of(prompt, psnr, 1.5, psnr / 10)}});
 }
 
 class SweepResultsTest : public ::testing::Test {
@@ -393,8 +399,12 @@ TEST_F(SweepResultsTest, ResultsJsonHasEveryVariantWithStatusValuesFlopsAndMetri
   EXPECT_EQ(v[0]["device"], "cpu");
   EXPECT_EQ(v[0]["wall_seconds"], 40.0);
   EXPECT_EQ(v[1]["seconds"]["finetune"], 20.0);
-  EXPECT_TRUE(v[0]["latency_ms"].is_null());
-  EXPECT_TRUE(v[0]["peak_memory_bytes"].is_null());
+  // Latency and memory: the last student's (finetune) from the eval metrics.
+  EXPECT_DOUBLE_EQ(v[0]["latency_ms"].get<double>(), 1.425);
+  EXPECT_EQ(v[0]["peak_memory_bytes"], size_t(3) << 20);
+  EXPECT_EQ(v[0]["latency_model"], json({{"model", "finetune"}, {"mode", "recurrent"}, {"device", "cpu"}}));
+  EXPECT_TRUE(v[3]["latency_ms"].is_null());
+  EXPECT_TRUE(v[3]["peak_memory_bytes"].is_null());
   // Means over the converted blocks only.
   EXPECT_DOUBLE_EQ(v[0]["distill"]["after_mean"].get<double>(), (0.25 + 0.0625) / 2);
   EXPECT_DOUBLE_EQ(v[0]["distill"]["before_mean"].get<double>(), 0.75);
@@ -429,7 +439,10 @@ TEST_F(SweepResultsTest, MarkdownTableHasOneRowPerVariantAndTheFailures) {
                    "| 0.75 → 0.156 |",  // distill error means of variant 0 (0.75 -> 0.15625)
                    "0.625", "16.5", "14.25", "## Distilled students", "## Failed variants",
                    "### chunk_frames-3_overlap_frames-0", "exit status 1", "loss is NaN at step 2",
-                   "2 finished, 1 failed, 0 incomplete, 1 pending", "teacher 30.0 s, cache 4.0 s", "not measured yet"});
+                   "2 finished, 1 failed, 0 incomplete, 1 pending", "teacher 30.0 s, cache 4.0 s", "## Latency and memory",
+                   "| chunk_frames-1_overlap_frames-0 | finetune | recurrent | cpu | 1.425 | 3 |",
+                   "| chunk_frames-1_overlap_frames-1 | finetune | recurrent | cpu | 1.65 | 3 |",
+                   "| teacher (in chunk_frames-1_overlap_frames-0) | teacher | parallel | cpu | 5 | 3 |"});
   // The teacher row: every variant's teacher agrees on prompt agreement (0.75).
   const size_t teacher_row = md.find("| teacher |");
   ASSERT_NE(teacher_row, std::string::npos);
@@ -469,7 +482,9 @@ TEST_F(SweepResultsTest, CsvHasEveryColumnForEveryVariant) {
   EXPECT_EQ(rows[3][column("status")], "failed");
   EXPECT_EQ(rows[4][column("status")], "pending");
   EXPECT_EQ(rows[4][column("finetune_prompt_agreement")], "");
-  EXPECT_EQ(rows[1][column("latency_ms")], "");
+  EXPECT_EQ(rows[1][column("latency_ms")], "1.425");
+  EXPECT_EQ(rows[1][column("peak_memory_bytes")], "3145728");
+  EXPECT_EQ(rows[4][column("latency_ms")], "");
   EXPECT_NE(rows[4][column("model_tflops")], "");
 }
 

@@ -137,6 +137,10 @@ def test_quickstart_runs_every_stage_and_reports_images(rehyat_bin, tmp_path):
     for key in ("prompt_agreement", "heldout_fm_loss", "trajectory_smoothness", "chunk_boundary_incoherence"):
         assert key in m["teacher"]
     assert "psnr_vs_teacher" in m["finetune"]
+    for name, mode in (("teacher", "parallel"), ("distill", "recurrent"), ("finetune", "recurrent")):
+        assert m[name]["latency_ms"] > 0 and m[name]["peak_memory_bytes"] > 0, m[name]
+        assert m[name]["latency_mode"] == mode and m[name]["device"] == "cpu"
+    assert "| one forward (ms) |" in report
     assert (out / "config.resolved.yaml").exists()
 
 

@@ -97,7 +97,9 @@ def test_results_hold_values_flops_and_metrics(first):
             for m in METRICS:
                 assert m in v["metrics"][model], (model, m)
         assert v["metrics"]["finetune"]["psnr_vs_teacher"] > 0
-        assert v["latency_ms"] is None and v["peak_memory_bytes"] is None
+        # measured by the eval stage: the fine-tuned student's recurrent forward of one video
+        assert v["latency_ms"] > 0 and v["peak_memory_bytes"] > 0
+        assert v["latency_model"] == {"model": "finetune", "mode": "recurrent", "device": "cpu"}
     # Tc changes the analytic cost of self-attention.
     assert r["variants"][0]["flops"]["self_attention_tflops"] != r["variants"][1]["flops"]["self_attention_tflops"]
 
@@ -107,9 +109,11 @@ def test_results_hold_values_flops_and_metrics(first):
     for row, v in zip(rows, r["variants"]):
         assert float(row["finetune_prompt_agreement"]) == v["metrics"]["finetune"]["prompt_agreement"]
         assert float(row["model_tflops"]) == v["flops"]["model_tflops"]
-        assert row["latency_ms"] == ""
+        assert float(row["latency_ms"]) == v["latency_ms"]
+        assert int(row["peak_memory_bytes"]) == v["peak_memory_bytes"]
     md = (results / "table.md").read_text()
     assert "| chunk_frames-1 | 1 | finished |" in md and "| chunk_frames-3 | 3 | finished |" in md
+    assert "## Latency and memory" in md and "| chunk_frames-3 | finetune | recurrent | cpu |" in md
 
     if os.environ.get("REHYAT_PNG") == "1":
         for name in ["prompt_agreement_vs_tflops.png", "psnr_vs_teacher_vs_tflops.png",
