@@ -3,12 +3,18 @@
 // variant of the sweep file through its stages in child processes, results in
 // <results>/<name>/ (table.md, table.csv, results.json, PNG plots). Exits non-zero when
 // a variant failed (after running the others).
+//
+// A file with a `compute:` mapping instead of `sweep:` is a compute sweep
+// (sweep/compute_sweep.h): FLOPs tables and per-block latency and memory of attention
+// variants, nothing trained. Of the options only --dry-run, --force (replace results
+// measured on another device) and --set compute.key=value apply to it.
 #include <algorithm>
 #include <memory>
 
 #include <fmt/format.h>
 
 #include "core/check.h"
+#include "sweep/compute_sweep.h"
 #include "sweep/sweep.h"
 #include "tools/commands.h"
 
@@ -28,6 +34,7 @@ std::vector<std::string> split_commas(const std::string& text) {
 
 struct SweepCommand {
   std::string file, stages, only;
+  std::vector<std::string> sets;  // compute sweeps: compute.key=value
   int jobs = 0;
   bool force = false;
   bool dry_run = false;
@@ -48,10 +55,28 @@ void add_sweep_command(CLI::App& app) {
                   "Variants at once (default: one per CUDA device when the base runs on cuda, else 1)");
   cmd->add_option("--only", o->only, "Only these variants, comma-separated");
   cmd->add_flag("--force", o->force,
-                "Delete the selected variants' run folders first (the shared teacher and cache stay)");
+                "Delete the selected variants' run folders first (the shared teacher and cache stay); "
+                "compute sweeps: replace results measured on another device");
+  cmd->add_option("--set", o->sets,
+                  "Compute sweeps only: override a key of the file, key=value, repeatable "
+                  "(e.g. --set compute.device=cuda:1)");
   cmd->add_flag("--dry-run", o->dry_run,
                 "Check the sweep file and every variant's config, print the plan, run nothing");
   cmd->callback([o] {
+    if (sweep::is_compute_sweep_file(o->file)) {
+      REHYAT_CHECK(o->stages.empty() && o->only.empty() && o->jobs == 0,
+                   "{} is a compute sweep (compute:): --stages, --only and --jobs apply to ablation sweeps only",
+                   o->file);
+      sweep::ComputeSweepOptions options;
+      options.file = o->file;
+      options.overrides = o->sets;
+      options.force = o->force;
+      options.dry_run = o->dry_run;
+      sweep::run_compute_sweep(options);
+      return;
+    }
+    REHYAT_CHECK(o->sets.empty(), "--set applies to compute sweeps only; {} is an ablation sweep: put its "
+                 "overrides in sweep.set", o->file);
     sweep::SweepOptions options;
     options.file = o->file;
     options.stages = split_commas(o->stages);

@@ -25,7 +25,8 @@ void add_flops_command(CLI::App& app);
 void add_export_command(CLI::App& app);
 // rehyat run CONFIG [k=v ...] and one subcommand per pipeline stage (tools/cmd_run.cpp).
 void add_run_commands(CLI::App& app);
-// rehyat sweep FILE [--stages] [--jobs N] [--only V,...] [--force]: an ablation sweep (tools/cmd_sweep.cpp).
+// rehyat sweep FILE [--stages] [--jobs N] [--only V,...] [--force] [--set k=v]: an ablation sweep, or a
+// compute sweep for files with a compute: mapping (tools/cmd_sweep.cpp).
 void add_sweep_command(CLI::App& app);
 // rehyat bench ...: a parent command; each benchmark adds itself as a subcommand of it.
 // bench ops: copy/GEMM ceilings and the memory-bound ops (tools/bench_ops.cpp).
