@@ -37,5 +37,7 @@ void add_bench_attention_command(CLI::App& bench);
 void add_bench_model_command(CLI::App& bench);
 // bench memory: recurrent ReHyAt vs full-softmax forward, peak memory and time over video length.
 void add_bench_memory_command(CLI::App& bench);
+// rehyat launch, rehyat dist-check and bench nccl: the multi-GPU commands (tools/dist_commands.h).
+void add_dist_commands(CLI::App& app, CLI::App& bench);
 
 }  // namespace rehyat::tools

@@ -38,6 +38,7 @@ int main(int argc, char** argv) {
   rehyat::tools::add_bench_attention_command(*bench);
   rehyat::tools::add_bench_model_command(*bench);
   rehyat::tools::add_bench_memory_command(*bench);
+  rehyat::tools::add_dist_commands(app, *bench);
 
   try {
     app.parse(argc, argv);
