@@ -1,5 +1,6 @@
 """`rehyat export --format safetensors` end to end, read back with the reference Python
-safetensors/numpy reader (no PyTorch needed).
+safetensors/numpy reader (no PyTorch needed), and with safetensors.torch where PyTorch is
+installed (the GPU machines; skipped with a message elsewhere).
 
 A tiny pipeline run (teacher -> cache -> distill -> finetune of the quick start's DiT, a few
 steps each, one block converted) writes checkpoints that carry their model and attention
@@ -187,6 +188,28 @@ def test_bf16_export_holds_rounded_bits(rehyat_bin, run_dir, tmp_path):
     for name, value in load_file(str(back)).items():
         bits = np.frombuffer(exported[name][2], dtype="<u2").astype(np.uint32) << 16
         np.testing.assert_array_equal(value, bits.view(np.float32).reshape(value.shape), err_msg=name)
+
+
+def test_exports_load_in_pytorch(rehyat_bin, run_dir, tmp_path):
+    """safetensors.torch reads every export dtype with the checkpoint's values (f16/bf16 as
+    torch rounds them: to nearest even, like rehyat) and the metadata. PyTorch is not on the
+    CI machine; the GPU machines have it (this test ran there)."""
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed: the PyTorch load is not checked here")
+    from safetensors.torch import load_file as torch_load_file
+    ckpt = run_dir / "finetune" / "model.safetensors"
+    source = load_file(str(ckpt))
+    assert any(".phi_q." in name for name in source)
+    for dtype, torch_dtype in (("f32", torch.float32), ("bf16", torch.bfloat16), ("f16", torch.float16)):
+        out = tmp_path / f"{dtype}.safetensors"
+        run(rehyat_bin, "export", ckpt, "--format", "safetensors", "--out", out, "--dtype", dtype)
+        tensors = torch_load_file(str(out))
+        assert set(tensors) == set(source)
+        for name, value in source.items():
+            t = tensors[name]
+            assert t.dtype == torch_dtype and list(t.shape) == list(value.shape), (dtype, name)
+            assert torch.equal(t, torch.from_numpy(value).to(torch_dtype)), (dtype, name)
+        with safe_open(str(out), framework="pt") as f:
+            assert json.loads(f.metadata()["rehyat.model_config"]) == json.loads(metadata(ckpt)["rehyat.model_config"])
 
 
 def test_checkpoint_without_metadata_needs_the_right_config(rehyat_bin, run_dir, tmp_path):
