@@ -12,7 +12,10 @@
 //   distill/model.safetensors   teacher + φ of the converted blocks; distill/errors.json
 //   finetune/model.safetensors  the fine-tuned hybrid DiT
 //   samples/<model>/            videos.safetensors, one GIF and PNG strip per prompt, grid.png
-//   eval/metrics.json, report.md
+//   eval/metrics.json, report.md  per model: the SPEC §5 metrics, held-out loss, and
+//                               latency_ms / peak_memory_bytes / latency_mode / device: one
+//                               velocity evaluation of one video in the sampling mode
+//                               (core/measure.h: median of 5, device synchronized)
 // Training stages append metrics to <stage>/metrics.jsonl.
 //
 // A stage is finished when its final file exists (written atomically, last). `resume`
