@@ -150,6 +150,24 @@ struct Communicator::Impl {
     REHYAT_CHECK(t.device() == device, "{}: the {} tensor {} is not on the communicator's device {}", name, role,
                  t.str(), device.str());
   }
+  // reduce_scatter and all_gather: output and input on this device, one dtype, and `big`
+  // (the input of reduce_scatter, the output of all_gather) world x `small`'s elements.
+  // `op`: the reduction of reduce_scatter (checked too), null for all_gather. Without NCCL
+  // (one rank) the collective is a copy, done here; returns whether NCCL runs it.
+  bool check_world_sized(const char* name, Tensor& output, const Tensor& input, const Tensor& big,
+                         const Tensor& small, const ReduceOp* op = nullptr) const {
+    check_tensor(output, name, "output");
+    check_tensor(input, name, "input");
+    if (op) check_reduction(input, *op, name);
+    REHYAT_CHECK(input.dtype() == output.dtype(), "{}: input {} and output {} differ in dtype", name, input.str(),
+                 output.str());
+    REHYAT_CHECK(big.numel() == small.numel() * world, "{}: {} {} must have world size ({}) x {} {} elements", name,
+                 &big == &input ? "input" : "output", big.str(), world, &big == &input ? "output" : "input",
+                 small.str());
+    if (nccl()) return true;
+    if (output.data_ptr() != input.data_ptr()) output.copy_(input.reshape(output.shape()));
+    return false;
+  }
   void check_reduction(const Tensor& t, ReduceOp op, const char* name) const {
     REHYAT_CHECK(op == ReduceOp::Sum || is_floating(t.dtype()), "{}: {} of a {} tensor: only sum works on integers",
                  name, reduce_op_name(op), dtype_name(t.dtype()));
@@ -384,18 +402,7 @@ CommWork Communicator::all_reduce_async(Tensor& tensor, ReduceOp op) {
 
 CommWork Communicator::reduce_scatter_async(Tensor& output, const Tensor& input, ReduceOp op) {
   Impl& m = *impl_;
-  m.check_tensor(output, "reduce_scatter", "output");
-  m.check_tensor(input, "reduce_scatter", "input");
-  m.check_reduction(input, op, "reduce_scatter");
-  REHYAT_CHECK(input.dtype() == output.dtype(), "reduce_scatter: input {} and output {} differ in dtype", input.str(),
-               output.str());
-  REHYAT_CHECK(input.numel() == output.numel() * m.world,
-               "reduce_scatter: input {} must have world size ({}) x output {} elements", input.str(), m.world,
-               output.str());
-  if (!m.nccl()) {
-    if (output.data_ptr() != input.data_ptr()) output.copy_(input.reshape(output.shape()));
-    return CommWork();
-  }
+  if (!m.check_world_sized("reduce_scatter", output, input, /*big=*/input, /*small=*/output, &op)) return CommWork();
 #ifdef REHYAT_NCCL
   const void* in = input.data_ptr();
   void* out = output.data_ptr();
@@ -411,17 +418,7 @@ CommWork Communicator::reduce_scatter_async(Tensor& output, const Tensor& input,
 
 CommWork Communicator::all_gather_async(Tensor& output, const Tensor& input) {
   Impl& m = *impl_;
-  m.check_tensor(output, "all_gather", "output");
-  m.check_tensor(input, "all_gather", "input");
-  REHYAT_CHECK(input.dtype() == output.dtype(), "all_gather: input {} and output {} differ in dtype", input.str(),
-               output.str());
-  REHYAT_CHECK(output.numel() == input.numel() * m.world,
-               "all_gather: output {} must have world size ({}) x input {} elements", output.str(), m.world,
-               input.str());
-  if (!m.nccl()) {
-    if (output.data_ptr() != input.data_ptr()) output.copy_(input.reshape(output.shape()));
-    return CommWork();
-  }
+  if (!m.check_world_sized("all_gather", output, input, /*big=*/output, /*small=*/input)) return CommWork();
 #ifdef REHYAT_NCCL
   const void* in = input.data_ptr();
   void* out = output.data_ptr();
