@@ -1,5 +1,6 @@
-// The communicator (see dist_comm.h): the local backend of one rank, and the NCCL backend
-// with its communication stream, events and watchdog.
+// The communicator (see dist_comm.h): the local backend of one rank, the host backend of
+// CPU ranks (collectives over the control channel), and the NCCL backend with its
+// communication stream, events and watchdog.
 #include "train/dist_comm.h"
 
 #include <algorithm>
@@ -7,6 +8,7 @@
 #include <exception>
 #include <functional>
 #include <mutex>
+#include <type_traits>
 #include <utility>
 
 #include <fmt/format.h>
@@ -122,6 +124,8 @@ void CommWork::wait() {
 // --- Communicator -----------------------------------------------------------------------
 
 struct Communicator::Impl {
+  enum class Kind : uint8_t { Local, Host, Nccl };
+  Kind kind = Kind::Local;
   int rank = 0, world = 1;
   Device device;
   double timeout_seconds = kDefaultTimeoutSeconds;
@@ -139,7 +143,11 @@ struct Communicator::Impl {
   std::unique_ptr<Event> ready;        // re-recorded on the compute stream before every collective
   std::unique_ptr<CollectiveWatchdog> watchdog;
 #endif
-  bool nccl() const { return world > 1; }
+  // The host backend's failure (a control channel error, ranks that disagree): every later
+  // call throws it (the ranks' collective sequences can no longer be trusted to match).
+  std::string failure;
+  bool nccl() const { return kind == Kind::Nccl; }
+  bool host() const { return kind == Kind::Host; }
 
   std::string label(const char* name, const Tensor& t) {
     return fmt::format("{} of {} (#{})", name, tensor_text(t), ++sequence);
@@ -152,8 +160,8 @@ struct Communicator::Impl {
   }
   // reduce_scatter and all_gather: output and input on this device, one dtype, and `big`
   // (the input of reduce_scatter, the output of all_gather) world x `small`'s elements.
-  // `op`: the reduction of reduce_scatter (checked too), null for all_gather. Without NCCL
-  // (one rank) the collective is a copy, done here; returns whether NCCL runs it.
+  // `op`: the reduction of reduce_scatter (checked too), null for all_gather. With one rank
+  // the collective is a copy, done here; returns whether a backend (host, NCCL) runs it.
   bool check_world_sized(const char* name, Tensor& output, const Tensor& input, const Tensor& big,
                          const Tensor& small, const ReduceOp* op = nullptr) const {
     check_tensor(output, name, "output");
@@ -164,7 +172,7 @@ struct Communicator::Impl {
     REHYAT_CHECK(big.numel() == small.numel() * world, "{}: {} {} must have world size ({}) x {} {} elements", name,
                  &big == &input ? "input" : "output", big.str(), world, &big == &input ? "output" : "input",
                  small.str());
-    if (nccl()) return true;
+    if (world > 1) return true;
     if (output.data_ptr() != input.data_ptr()) output.copy_(input.reshape(output.shape()));
     return false;
   }
@@ -172,9 +180,150 @@ struct Communicator::Impl {
     REHYAT_CHECK(op == ReduceOp::Sum || is_floating(t.dtype()), "{}: {} of a {} tensor: only sum works on integers",
                  name, reduce_op_name(op), dtype_name(t.dtype()));
   }
+  void check_failed() const {
+    if (!failure.empty()) throw Error(failure);
+  }
+  // Records the host backend's failure (the first one wins) and throws it.
+  [[noreturn]] void fail(const std::string& message) {
+    if (failure.empty()) failure = message;
+    throw Error(failure);
+  }
 };
 
 Communicator::Communicator(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+// --- the host backend --------------------------------------------------------------------
+
+namespace {
+
+using Impl = Communicator::Impl;
+
+// What one all_gather of the control channel may carry: rank 0 sends every rank all the
+// world's parts in one frame (the channel takes frames up to 64 MiB), so a collective of
+// more bytes goes in parts of at most this many bytes all ranks together.
+constexpr size_t kHostGatherBytes = size_t(16) << 20;
+
+// The arithmetic of host reductions: f32 and f64 in their own type, bf16 and f16 in float
+// (rounded once at the end), integers in unsigned arithmetic (wrapping like NCCL, no UB).
+template <typename T> struct HostAccumulator { using type = T; };
+template <> struct HostAccumulator<bf16_t> { using type = float; };
+template <> struct HostAccumulator<f16_t> { using type = float; };
+template <> struct HostAccumulator<int32_t> { using type = uint32_t; };
+template <> struct HostAccumulator<int64_t> { using type = uint64_t; };
+
+template <typename T>
+typename HostAccumulator<T>::type host_load(const char* p) {
+  T v;
+  std::memcpy(&v, p, sizeof v);  // the parts of a gather need not be aligned
+  if constexpr (std::is_same_v<T, bf16_t>) return bf16_to_float(v);
+  else if constexpr (std::is_same_v<T, f16_t>) return f16_to_float(v);
+  else return typename HostAccumulator<T>::type(v);
+}
+
+template <typename T>
+void host_store(char* p, typename HostAccumulator<T>::type a) {
+  T v;
+  if constexpr (std::is_same_v<T, bf16_t>) v = float_to_bf16(a);
+  else if constexpr (std::is_same_v<T, f16_t>) v = float_to_f16(a);
+  else v = T(a);
+  std::memcpy(p, &v, sizeof v);
+}
+
+// out[i] = parts[0][i] + parts[1][i] + ... in rank order (then / world for Avg), for
+// `count` elements: the same bits on every rank, whatever the order the parts arrived in.
+void host_reduce(DType dtype, ReduceOp op, const std::vector<const char*>& parts, size_t count, char* out) {
+  REHYAT_DISPATCH_ALL(dtype, "host reduction", {
+    using A = typename HostAccumulator<scalar_t>::type;
+    constexpr size_t size = sizeof(scalar_t);
+    const A world = A(parts.size());
+    for (size_t i = 0; i < count; ++i) {
+      A sum = host_load<scalar_t>(parts[0] + i * size);
+      for (size_t r = 1; r < parts.size(); ++r) sum += host_load<scalar_t>(parts[r] + i * size);
+      if (op == ReduceOp::Avg) sum = sum / world;
+      host_store<scalar_t>(out + i * size, sum);
+    }
+  });
+}
+
+// "rank 1: host #3 cannot finish: ..." -> "host #3 cannot finish: ..." (our message names the rank).
+std::string without_rank_prefix(const std::string& message, int rank) {
+  const std::string prefix = fmt::format("rank {}: ", rank);
+  return message.starts_with(prefix) ? message.substr(prefix.size()) : message;
+}
+
+// One collective of the host backend. Every rank (or only rank `source`, when it is not
+// -1: the root of a broadcast) contributes `elements` elements of `dtype` from `data`, in
+// parts of at most kHostGatherBytes over all ranks; `consume(begin, end, parts)` gets the
+// elements [begin, end) of every rank that contributes (null for the others), part by
+// part. The first part also carries `signature` (the collective, its arguments and sizes):
+// ranks that disagree fail on every rank with a message naming what each one called.
+using HostConsumer = std::function<void(size_t begin, size_t end, const std::vector<const char*>& parts)>;
+
+void host_collective(Impl& m, const std::string& what, const std::string& signature, DType dtype, size_t elements,
+                     int source, const void* data, const HostConsumer& consume) {
+  m.check_failed();
+  const size_t size = dtype_size(dtype);
+  const size_t per_part = std::max<size_t>(1, kHostGatherBytes / size_t(m.world) / size);
+  const size_t part_count = std::max<size_t>(1, (elements + per_part - 1) / per_part);
+  const uint64_t sequence = m.sequence;
+  const auto contributes = [source](int r) { return source < 0 || source == r; };
+  for (size_t part = 0; part < part_count; ++part) {
+    const size_t begin = part * per_part, end = std::min(elements, begin + per_part);
+    std::string payload;
+    if (part == 0) payload = signature + '\n';
+    if (contributes(m.rank) && end > begin)
+      payload.append(static_cast<const char*>(data) + begin * size, (end - begin) * size);
+    // Unique per call and the same on every rank that makes the same calls.
+    const std::string tag =
+        part == 0 ? fmt::format("host #{}", sequence) : fmt::format("host #{} part {}/{}", sequence, part + 1, part_count);
+    std::vector<std::string> gathered;
+    try {
+      gathered = m.control->all_gather(tag, payload, m.timeout_seconds);
+    } catch (const Error& e) {
+      m.fail(fmt::format("rank {}: {} failed: {}", m.rank, what, without_rank_prefix(e.what(), m.rank)));
+    }
+    if (gathered.size() != size_t(m.world))
+      m.fail(fmt::format("rank {}: {} failed: the control channel returned {} parts for {} ranks", m.rank, what,
+                         gathered.size(), m.world));
+    if (part == 0) {
+      std::vector<std::string> signatures(gathered.size());
+      for (size_t r = 0; r < gathered.size(); ++r) {
+        const size_t newline = gathered[r].find('\n');
+        signatures[r] = newline == std::string::npos ? "nothing readable" : gathered[r].substr(0, newline);
+        gathered[r].erase(0, newline == std::string::npos ? gathered[r].size() : newline + 1);
+      }
+      if (std::any_of(signatures.begin(), signatures.end(), [&](const std::string& s) { return s != signature; })) {
+        std::vector<std::string> calls;  // "rank 0: all_reduce (sum) of 4 f32 elements", equal ones together
+        std::vector<bool> listed(signatures.size(), false);
+        for (size_t r = 0; r < signatures.size(); ++r) {
+          if (listed[r]) continue;
+          std::vector<size_t> same;
+          for (size_t q = r; q < signatures.size(); ++q)
+            if (!listed[q] && signatures[q] == signatures[r]) {
+              same.push_back(q);
+              listed[q] = true;
+            }
+          calls.push_back(
+              fmt::format("{} {}: {}", same.size() == 1 ? "rank" : "ranks", fmt::join(same, ", "), signatures[r]));
+        }
+        m.fail(fmt::format("rank {}: {} failed: the ranks disagree on the collective or its sizes ({})", m.rank, what,
+                           fmt::join(calls, "; ")));
+      }
+    }
+    std::vector<const char*> parts(gathered.size(), nullptr);
+    const size_t expected = (end - begin) * size;
+    for (size_t r = 0; r < gathered.size(); ++r) {
+      if (!contributes(int(r))) continue;
+      if (gathered[r].size() != expected)
+        m.fail(fmt::format("rank {}: {} failed: rank {} sent {} bytes for elements [{}, {}), expected {}", m.rank, what,
+                           r, gathered[r].size(), begin, end, expected));
+      parts[r] = gathered[r].data();
+    }
+    consume(begin, end, parts);
+  }
+}
+
+}  // namespace
 
 #ifdef REHYAT_NCCL
 namespace {
@@ -239,10 +388,10 @@ CommWork launch(Impl& m, const std::string& what, std::vector<Tensor> tensors, C
 
 std::unique_ptr<Communicator> Communicator::create(const DistEnv& env, Device device, double timeout_seconds) {
   if (timeout_seconds <= 0) timeout_seconds = env.timeout_seconds;
-  if (env.world_size > 1 && !built_with_nccl())
-    REHYAT_FAIL("rank {} of {}: this rehyat was built without NCCL, so it runs one rank only (rebuild with CUDA and "
-                "NCCL, or run without RANK / WORLD_SIZE / mpirun / srun)",
-                env.rank, env.world_size);
+  if (env.world_size > 1 && device.is_cuda() && !built_with_nccl())
+    REHYAT_FAIL("rank {} of {}: this rehyat was built without NCCL, so its ranks cannot communicate on {} (rebuild "
+                "with CUDA and NCCL, run on the CPU, or run without RANK / WORLD_SIZE / mpirun / srun)",
+                env.rank, env.world_size, device.str());
   std::shared_ptr<ControlChannel> control = ControlChannel::connect(env, timeout_seconds);
   return create(std::move(control), device, timeout_seconds);
 }
@@ -257,12 +406,17 @@ std::unique_ptr<Communicator> Communicator::create(std::shared_ptr<ControlChanne
   m->timeout_seconds = timeout_seconds > 0 ? timeout_seconds : kDefaultTimeoutSeconds;
   m->control = std::move(control);
   m->uncaught_at_creation = std::uncaught_exceptions();
-  if (!m->nccl()) return std::unique_ptr<Communicator>(new Communicator(std::move(m)));
+  if (m->world == 1) return std::unique_ptr<Communicator>(new Communicator(std::move(m)));  // local
+  if (!device.is_cuda()) {  // host: the collectives go over the control channel
+    m->kind = Impl::Kind::Host;
+    return std::unique_ptr<Communicator>(new Communicator(std::move(m)));
+  }
 #ifndef REHYAT_NCCL
-  REHYAT_FAIL("rank {} of {}: this rehyat was built without NCCL, so it runs one rank only (rebuild with CUDA and "
-              "NCCL, or run without RANK / WORLD_SIZE / mpirun / srun)",
-              m->rank, m->world);
+  REHYAT_FAIL("rank {} of {}: this rehyat was built without NCCL, so its ranks cannot communicate on {} (rebuild "
+              "with CUDA and NCCL, run on the CPU, or run without RANK / WORLD_SIZE / mpirun / srun)",
+              m->rank, m->world, device.str());
 #else
+  m->kind = Impl::Kind::Nccl;
   REHYAT_CHECK(device.is_cuda(), "rank {}: NCCL communicates between GPUs: the communicator's device must be cuda, got {}",
                m->rank, device.str());
   Impl& s = *m;
@@ -334,6 +488,19 @@ std::unique_ptr<Communicator> Communicator::create(std::shared_ptr<ControlChanne
 
 Communicator::~Communicator() {
   Impl& m = *impl_;
+  if (m.host()) {
+    // Like NCCL's: goodbye when healthy and the channel is ours alone; else tell the others.
+    const bool healthy = m.failure.empty() && std::uncaught_exceptions() <= m.uncaught_at_creation;
+    try {
+      if (!healthy)
+        m.control->report_failure(m.failure.empty() ? "it stopped with an error (see its log)" : m.failure);
+      else if (m.control.use_count() == 1)
+        m.control->finish();
+    } catch (const std::exception& e) {
+      log::error("rank {}: closing the communicator: {}", m.rank, e.what());
+    }
+    return;
+  }
   if (!m.nccl()) return;
 #ifdef REHYAT_NCCL
   bool healthy = !m.watchdog->failed() && std::uncaught_exceptions() <= m.uncaught_at_creation;
@@ -380,13 +547,34 @@ int Communicator::rank() const { return impl_->rank; }
 int Communicator::world_size() const { return impl_->world; }
 Device Communicator::device() const { return impl_->device; }
 double Communicator::timeout_seconds() const { return impl_->timeout_seconds; }
-const char* Communicator::backend() const { return impl_->nccl() ? "nccl" : "local"; }
+const char* Communicator::backend() const {
+  switch (impl_->kind) {
+    case Impl::Kind::Host: return "host";
+    case Impl::Kind::Nccl: return "nccl";
+    case Impl::Kind::Local: break;
+  }
+  return "local";
+}
 ControlChannel& Communicator::control() { return *impl_->control; }
 
 CommWork Communicator::all_reduce_async(Tensor& tensor, ReduceOp op) {
   Impl& m = *impl_;
   m.check_tensor(tensor, "all_reduce", "in/out");
   m.check_reduction(tensor, op, "all_reduce");
+  if (m.host()) {
+    const std::string what = m.label("all_reduce", tensor);
+    const DType dtype = tensor.dtype();
+    const size_t size = dtype_size(dtype);
+    char* data = static_cast<char*>(tensor.data_ptr());
+    host_collective(m, what,
+                    fmt::format("all_reduce ({}) of {} {} elements", reduce_op_name(op), tensor.numel(),
+                                dtype_name(dtype)),
+                    dtype, size_t(tensor.numel()), -1, data,
+                    [&](size_t begin, size_t end, const std::vector<const char*>& parts) {
+                      host_reduce(dtype, op, parts, end - begin, data + begin * size);
+                    });
+    return CommWork();
+  }
   if (!m.nccl()) return CommWork();  // one rank: the sum (and the average) is the tensor itself
 #ifdef REHYAT_NCCL
   void* data = tensor.data_ptr();
@@ -403,6 +591,25 @@ CommWork Communicator::all_reduce_async(Tensor& tensor, ReduceOp op) {
 CommWork Communicator::reduce_scatter_async(Tensor& output, const Tensor& input, ReduceOp op) {
   Impl& m = *impl_;
   if (!m.check_world_sized("reduce_scatter", output, input, /*big=*/input, /*small=*/output, &op)) return CommWork();
+  if (m.host()) {  // every rank gets all inputs and reduces its own block [rank * n, (rank + 1) * n)
+    const std::string what = m.label("reduce_scatter", input);
+    const DType dtype = input.dtype();
+    const size_t size = dtype_size(dtype);
+    const size_t n = size_t(output.numel()), first = size_t(m.rank) * n;
+    char* out = static_cast<char*>(output.data_ptr());
+    host_collective(m, what,
+                    fmt::format("reduce_scatter ({}) of {} {} elements", reduce_op_name(op), input.numel(),
+                                dtype_name(dtype)),
+                    dtype, size_t(input.numel()), -1, input.data_ptr(),
+                    [&](size_t begin, size_t end, const std::vector<const char*>& parts) {
+                      const size_t lo = std::max(begin, first), hi = std::min(end, first + n);
+                      if (lo >= hi) return;
+                      std::vector<const char*> mine(parts.size());
+                      for (size_t r = 0; r < parts.size(); ++r) mine[r] = parts[r] + (lo - begin) * size;
+                      host_reduce(dtype, op, mine, hi - lo, out + (lo - first) * size);
+                    });
+    return CommWork();
+  }
 #ifdef REHYAT_NCCL
   const void* in = input.data_ptr();
   void* out = output.data_ptr();
@@ -419,6 +626,19 @@ CommWork Communicator::reduce_scatter_async(Tensor& output, const Tensor& input,
 CommWork Communicator::all_gather_async(Tensor& output, const Tensor& input) {
   Impl& m = *impl_;
   if (!m.check_world_sized("all_gather", output, input, /*big=*/output, /*small=*/input)) return CommWork();
+  if (m.host()) {
+    const std::string what = m.label("all_gather", input);
+    const DType dtype = input.dtype();
+    const size_t size = dtype_size(dtype);
+    const size_t n = size_t(input.numel());
+    char* out = static_cast<char*>(output.data_ptr());
+    host_collective(m, what, fmt::format("all_gather of {} {} elements per rank", n, dtype_name(dtype)), dtype, n, -1,
+                    input.data_ptr(), [&](size_t begin, size_t end, const std::vector<const char*>& parts) {
+                      for (size_t r = 0; r < parts.size(); ++r)
+                        std::memcpy(out + (r * n + begin) * size, parts[r], (end - begin) * size);
+                    });
+    return CommWork();
+  }
 #ifdef REHYAT_NCCL
   const void* in = input.data_ptr();
   void* out = output.data_ptr();
@@ -436,6 +656,19 @@ CommWork Communicator::broadcast_async(Tensor& tensor, int root) {
   Impl& m = *impl_;
   m.check_tensor(tensor, "broadcast", "in/out");
   REHYAT_CHECK(root >= 0 && root < m.world, "broadcast: root {} is outside [0, {})", root, m.world);
+  if (m.host()) {
+    const std::string what = m.label("broadcast", tensor);
+    const DType dtype = tensor.dtype();
+    const size_t size = dtype_size(dtype);
+    char* data = static_cast<char*>(tensor.data_ptr());
+    host_collective(m, what,
+                    fmt::format("broadcast from rank {} of {} {} elements", root, tensor.numel(), dtype_name(dtype)),
+                    dtype, size_t(tensor.numel()), root, data,
+                    [&](size_t begin, size_t end, const std::vector<const char*>& parts) {
+                      if (m.rank != root) std::memcpy(data + begin * size, parts[size_t(root)], (end - begin) * size);
+                    });
+    return CommWork();
+  }
   if (!m.nccl()) return CommWork();
 #ifdef REHYAT_NCCL
   void* data = tensor.data_ptr();
@@ -459,6 +692,11 @@ void Communicator::broadcast(Tensor& tensor, int root) { broadcast_async(tensor,
 void Communicator::barrier() {
   Impl& m = *impl_;
   REHYAT_CHECK(!m.in_group, "rank {}: barrier inside a collective group", m.rank);
+  if (m.host()) {
+    host_collective(m, fmt::format("barrier (#{})", ++m.sequence), "barrier", DType::F32, 0, -1, nullptr,
+                    [](size_t, size_t, const std::vector<const char*>&) {});
+    return;
+  }
   if (!m.nccl()) return;
 #ifdef REHYAT_NCCL
   m.watchdog->wait_all();
@@ -473,6 +711,7 @@ void Communicator::barrier() {
 void Communicator::group_start() {
   Impl& m = *impl_;
   REHYAT_CHECK(!m.in_group, "rank {}: collective groups do not nest", m.rank);
+  m.check_failed();
 #ifdef REHYAT_NCCL
   if (m.nccl()) {
     m.watchdog->check();
@@ -529,12 +768,14 @@ CommWork Communicator::group_end() {
 }
 
 void Communicator::synchronize() {
+  impl_->check_failed();  // the host backend has nothing in flight: its calls return when done
 #ifdef REHYAT_NCCL
   if (impl_->nccl()) impl_->watchdog->wait_all();
 #endif
 }
 
 void Communicator::check() {
+  impl_->check_failed();
 #ifdef REHYAT_NCCL
   if (impl_->nccl()) impl_->watchdog->check();
 #endif

@@ -1,5 +1,6 @@
 // The communicator of a multi-GPU run (SPEC §6, issue 7): the collectives data-parallel
-// training and block-parallel distillation need, over NCCL, one process per GPU.
+// training and block-parallel distillation need, over NCCL, one process per GPU (and, for
+// tests and CPU runs, over the control channel: the host backend, see Backends below).
 //
 // Streams. Collectives run on a communication stream of their own (high priority), never
 // on the compute stream (core/cuda_context.h), so communication overlaps compute:
@@ -36,10 +37,29 @@
 // irreversible (a checkpoint write): a failure found by the watchdog thread in between is
 // thrown there. A failure nobody picks up within 30 s ends the process (exit status 1).
 //
-// Backends: world_size 1 needs no NCCL and no GPU: the collectives are the identity
-// (all_gather / reduce_scatter copy in to out, Avg of one rank is the value itself), on
-// any device. world_size > 1 needs a build with NCCL (REHYAT_NCCL) and CUDA tensors; a
-// build without NCCL throws "this rehyat was built without NCCL" for it.
+// Backends (backend() names it):
+//   "local"  world_size 1, any device, no NCCL and no GPU: the collectives are the identity
+//            (all_gather / reduce_scatter copy in to out, Avg of one rank is the value itself).
+//   "nccl"   world_size > 1 on a CUDA device: everything above. Needs a build with NCCL
+//            (REHYAT_NCCL); a build without it throws "this rehyat was built without NCCL".
+//   "host"   world_size > 1 on the CPU (the communicator's device is not cuda), in every
+//            build: for the tests, CI without GPUs and small CPU runs -- slow, not for GPUs.
+//            Every collective is an all_gather of the raw bytes over the control channel
+//            (train/dist_rendezvous.h: everything goes through rank 0's TCP star, in parts of
+//            at most 16 MiB over all ranks) and every rank reduces on the host, in the
+//            calling thread. So a call returns when it is done: the *_async calls and
+//            group_end() return an empty CommWork, calls inside a group run at once,
+//            synchronize() has nothing to wait for. Reductions are deterministic and the
+//            same bits on every rank: the sum in rank order 0, 1, 2, ..., in the tensor's
+//            own arithmetic for f32 (float) and f64 (double), in float for bf16 and f16
+//            (rounded once at the end), in wrapping integer arithmetic for i32 and i64;
+//            Avg is that sum divided by the world size in the same arithmetic (f32:
+//            sum / float(world)). Each call also ships what it is (collective, op, root,
+//            dtype, element count): ranks that disagree fail, every one of them, naming what
+//            each rank called. Failures (a timeout, a rank that went away: the control
+//            channel's errors, wrapped as "rank R: <collective> failed: <cause>"; ranks that
+//            disagree) are sticky like NCCL's: every later call and check() throws the same,
+//            and the destructor tells the other ranks (report_failure) instead of finishing.
 #pragma once
 
 #include <cstdint>
@@ -85,7 +105,8 @@ class CommWork {
 
 class Communicator {
  public:
-  // Rendezvous (train/dist_rendezvous.h), then the NCCL communicator on `device`. The
+  // Rendezvous (train/dist_rendezvous.h), then the communicator on `device`: local for one
+  // rank, host for several on the CPU, NCCL for several on a GPU (see Backends above). The
   // timeout defaults to env.timeout_seconds; it bounds the rendezvous, the init and every
   // collective.
   static std::unique_ptr<Communicator> create(const DistEnv& env, Device device, double timeout_seconds = 0);
@@ -104,7 +125,7 @@ class Communicator {
   int world_size() const;
   Device device() const;
   double timeout_seconds() const;
-  const char* backend() const;  // "nccl" or "local"
+  const char* backend() const;  // "local", "host" or "nccl"
   ControlChannel& control();
 
   void all_reduce(Tensor& tensor, ReduceOp op = ReduceOp::Sum);
