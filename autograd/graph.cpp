@@ -82,6 +82,7 @@ void run_backward(const Tensor& root, const Tensor& grad_output, bool retain_gra
   const auto& root_meta = root.autograd_meta();
   if (!root_meta->grad_fn) {  // a leaf
     accumulate(root_meta->grad, seed, true);
+    if (root_meta->post_accumulate_hook) root_meta->post_accumulate_hook();
     return;
   }
 
@@ -100,6 +101,14 @@ void run_backward(const Tensor& root, const Tensor& grad_output, bool retain_gra
   // A node is created after all of its inputs, so decreasing sequence is a valid
   // reverse topological order.
   std::sort(nodes.begin(), nodes.end(), [](Node* a, Node* b) { return a->sequence > b->sequence; });
+
+  // Hooked leaves: how many edges of the reachable nodes still feed them. A hook runs when
+  // its count reaches zero, or after the walk for a leaf some of whose edges got no
+  // gradient (a branch nothing flowed into) but that did get one.
+  std::unordered_map<AutogradMeta*, int64_t> pending;
+  for (Node* n : nodes)
+    for (auto& in : n->inputs)
+      if (in && !in->grad_fn && in->post_accumulate_hook) ++pending[in.get()];
 
   std::unordered_map<Node*, Tensor> grads;
   grads[root_meta->grad_fn.get()] = seed;
@@ -127,12 +136,23 @@ void run_backward(const Tensor& root, const Tensor& grad_output, bool retain_gra
                    n->name, gi.str(), i, shape_str(n->input_shapes[i]));
       REHYAT_CHECK(gi.dtype() == n->input_dtypes[i], "op '{}' backward gave a {} gradient for a {} input", n->name,
                    dtype_name(gi.dtype()), dtype_name(n->input_dtypes[i]));
-      if (in->grad_fn)
+      if (in->grad_fn) {
         accumulate(grads[in->grad_fn.get()], gi, false);
-      else
+      } else {
         accumulate(in->grad, gi, true);
+        if (in->post_accumulate_hook) {
+          auto p = pending.find(in.get());
+          if (--p->second == 0) {
+            pending.erase(p);
+            in->post_accumulate_hook();
+          }
+        }
+      }
     }
+    // Edges of nodes no gradient reached never count down: settled when the walk ends.
   }
+  for (auto& [meta, count] : pending)
+    if (meta->grad.defined()) meta->post_accumulate_hook();
 }
 
 }  // namespace autograd

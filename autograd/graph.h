@@ -21,6 +21,10 @@ struct AutogradMeta {
   bool requires_grad = false;
   Tensor grad;                    // leaves only
   std::shared_ptr<Node> grad_fn;  // null for leaves
+  // Leaves only (PyTorch's register_post_accumulate_grad_hook): called by backward() once
+  // the last contribution of that backward has been added to .grad, while the walk goes
+  // on -- data-parallel training starts reducing a gradient here (train/data_parallel.h).
+  std::function<void()> post_accumulate_hook;
 };
 
 // Returns one gradient per input (undefined where node.needs_grad(i) is false).

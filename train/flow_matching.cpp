@@ -2,6 +2,8 @@
 // so that they run on the tensors' device.
 #include "train/flow_matching.h"
 
+#include <vector>
+
 #include "autograd/graph.h"
 #include "autograd/ops.h"
 #include "core/check.h"
@@ -28,10 +30,12 @@ Tensor shifted_sigma(const Tensor& s, double shift) {
 }
 
 FlowMatchingBatch make_flow_matching_batch(const Tensor& x0, uint64_t seed, int64_t step,
-                                           const FlowMatchingOptions& options) {
+                                           const FlowMatchingOptions& options, SampleSlice slice) {
   REHYAT_CHECK(x0.dim() >= 1 && x0.size(0) > 0 && is_floating(x0.dtype()),
                "flow matching: x0 must be a floating tensor [B, ...] with B > 0, got {}", x0.str());
   REHYAT_CHECK(step >= 0, "flow matching: step {} is negative", step);
+  REHYAT_CHECK(slice.first >= 0 && slice.stride >= 1, "flow matching: bad sample slice (first {}, stride {})",
+               slice.first, slice.stride);
   autograd::NoGradGuard no_grad;
   const int64_t batch = x0.size(0);
   const Device device = x0.device();
@@ -39,13 +43,28 @@ FlowMatchingBatch make_flow_matching_batch(const Tensor& x0, uint64_t seed, int6
 
   // s = 1 - u with u uniform in [0, 1) on the 2^-24 grid: exactly (0, 1]. The affine maps
   // 1 - x here have an exact product (alpha = -1), so they round once on every device.
-  const Tensor uniform = Tensor::rand({batch}, key, 0, DType::F32, device);  // [B]
+  const int64_t sample_numel = x0.numel() / batch;
+  Tensor uniform, eps;  // [B], [B, ...]
+  if (slice.stride == 1) {
+    uniform = Tensor::rand({batch}, key, uint64_t(slice.first), DType::F32, device);
+    eps = Tensor::randn(x0.shape(), key, kNoiseCounterOffset + uint64_t(slice.first * sample_numel), x0.dtype(), device);
+  } else {  // one draw per sample at its global counters
+    Shape one = x0.shape();
+    one[0] = 1;
+    std::vector<Tensor> u, e;
+    for (int64_t j = 0; j < batch; ++j) {
+      const uint64_t i = uint64_t(slice.first + j * slice.stride);
+      u.push_back(Tensor::rand({1}, key, i, DType::F32, device));
+      e.push_back(Tensor::randn(one, key, kNoiseCounterOffset + i * uint64_t(sample_numel), x0.dtype(), device));
+    }
+    uniform = concat(u, 0);
+    eps = concat(e, 0);
+  }
   const Tensor s = affine(uniform, -1.0, 1.0);                                 // [B]
   FlowMatchingBatch out;
   out.sigma = shifted_sigma(s, options.shift);  // [B] f32
   out.timestep = mul(out.sigma, 1000.0);        // [B] f32
 
-  const Tensor eps = Tensor::randn(x0.shape(), key, kNoiseCounterOffset, x0.dtype(), device);  // [B, ...]
   Shape per_sample(size_t(x0.dim()), 1);
   per_sample[0] = batch;
   const Tensor sigma = out.sigma.to(x0.dtype()).view(per_sample);  // [B, 1, ...]

@@ -30,9 +30,18 @@ struct FlowMatchingBatch {
   Tensor sigma;     // [B] f32 in (0, 1]
 };
 
-// x0 [B, ...] floating, any device. Distributed ranks fold their rank into `seed`.
+// Which samples of the step's global batch x0 holds: sample j is global sample
+// first + j * stride. A data-parallel rank r of `world` holds first = r, stride = world
+// (data::DataLoader's sharding), so the ranks together draw exactly the one-process batch.
+struct SampleSlice {
+  int64_t first = 0;
+  int64_t stride = 1;
+};
+
+// x0 [B, ...] floating, any device. Global sample i draws s at counter i and eps at
+// counters 2^40 + i * (elements per sample) of the step's key.
 FlowMatchingBatch make_flow_matching_batch(const Tensor& x0, uint64_t seed, int64_t step,
-                                           const FlowMatchingOptions& options);
+                                           const FlowMatchingOptions& options, SampleSlice slice = {});
 
 // mean((predicted - target)^2) as a differentiable 0-d tensor, f32 (f64 when predicted is
 // f64); bf16/f16 predictions are cast to f32 first.

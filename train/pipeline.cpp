@@ -11,6 +11,8 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <memory>
+#include <optional>
 #include <set>
 
 #include <fmt/format.h>
@@ -31,6 +33,8 @@
 #include "layers/recurrent_forward.h"
 #include "layers/wan_checkpoint.h"
 #include "layers/wan_model.h"
+#include "train/data_parallel.h"
+#include "train/dist_comm.h"
 #include "train/eval_metrics.h"
 #include "train/flow_matching.h"
 #include "train/optimizer.h"
@@ -103,32 +107,67 @@ std::vector<Tensor> tensors_of(const NamedTensors& named) {
   return out;
 }
 
+// How long ranks wait for rank 0's work of a single-rank stage (cache, sample, eval): no
+// real limit -- a rank that dies is still reported at once by the control channel.
+constexpr double kRankZeroWaitSeconds = 7 * 24 * 3600.0;
+
 class Pipeline {
  public:
-  Pipeline(const Config& config, const PipelineOptions& options)
+  // comm: null, or the communicator of a multi-process run (every rank runs this).
+  Pipeline(const Config& config, const PipelineOptions& options, dist::Communicator* comm)
       : resolved_(config), cfg_(run_config_from(config)), options_(options), dir_(cfg_.run_dir()),
-        encoder_(cfg_.model.text_len, cfg_.model.text_dim, cfg_.data_seed) {}
+        encoder_(cfg_.model.text_len, cfg_.model.text_dim, cfg_.data_seed), comm_(comm) {
+    if (comm_) cfg_.device = comm_->device();
+  }
 
+  // Multi-process runs: teacher training and fine-tuning are data-parallel, distillation
+  // block-parallel; cache, sample and eval run on rank 0 while the others wait. Rank 0
+  // alone writes the run folder's shared files (config, stage times, final models).
   void run(const std::vector<std::string>& stages) {
-    prepare_run_folder();
+    if (rank() == 0) prepare_run_folder();
+    wait_for_rank_zero("the run folder");
     for (const std::string& stage : stage_names()) {
       if (std::find(stages.begin(), stages.end(), stage) == stages.end()) continue;
       const auto start = std::chrono::steady_clock::now();
-      log::info("stage {}: {}", stage, stage_done(stage) ? "already finished, skipped" : "running");
-      if (stage_done(stage)) continue;
-      if (stage == "teacher") teacher();
-      if (stage == "cache") cache();
-      if (stage == "distill") distill();
-      if (stage == "finetune") finetune();
-      if (stage == "sample") sample();
-      if (stage == "eval") eval();
+      const bool done = agree(stage_done(stage));
+      if (rank() == 0) log::info("stage {}: {}", stage, done ? "already finished, skipped" : "running");
+      if (done) continue;
+      const bool every_rank = stage == "teacher" || stage == "distill" || stage == "finetune";
+      if (every_rank && stage != "distill") {  // rank 0 writes the datasets the ranks then read
+        if (rank() == 0) ensure_datasets();
+        wait_for_rank_zero("datasets");
+      }
+      if (every_rank || rank() == 0) {
+        if (stage == "teacher") teacher();
+        if (stage == "cache") cache();
+        if (stage == "distill") distill();
+        if (stage == "finetune") finetune();
+        if (stage == "sample") sample();
+        if (stage == "eval") eval();
+      }
+      wait_for_rank_zero("stage " + stage);
       const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      if (rank() != 0) continue;
       record_stage_time(stage, seconds);
       log::info("stage {}: done in {:.1f} s", stage, seconds);
     }
   }
 
  private:
+  // --- ranks ------------------------------------------------------------------------------
+  int rank() const { return comm_ ? comm_->rank() : 0; }
+  int world() const { return comm_ ? comm_->world_size() : 1; }
+
+  // Every rank waits until all (in practice: rank 0, which did the single-rank work) got here.
+  void wait_for_rank_zero(const std::string& what) {
+    if (world() > 1) comm_->control().barrier("pipeline: " + what, kRankZeroWaitSeconds);
+  }
+  // Rank 0's answer on every rank (they see one run folder, but not at the same instant).
+  bool agree(bool value) {
+    if (world() == 1) return value;
+    return comm_->control().broadcast("pipeline: agree", value ? "1" : "0", comm_->timeout_seconds()) == "1";
+  }
+
   // --- run folder -------------------------------------------------------------------------
   std::string path(const std::string& relative) const { return dir_ + "/" + relative; }
   bool exists(const std::string& relative) const { return fs::exists(path(relative)); }
@@ -227,82 +266,112 @@ class Pipeline {
   }
 
   // --- training loop (teacher and fine-tuning) ---------------------------------------------
+  // Data-parallel over the ranks: `o.batch` is the global batch, each rank takes every
+  // world-th sample of it (data::DataLoader's sharding) and draws that sample's noise,
+  // timestep and caption dropout at its global index, so the ranks together compute the
+  // one-process step (up to the order of the gradient sums). The state file is written by
+  // rank 0 with the full optimizer state and the loader position in global samples, so
+  // it resumes on any number of ranks.
   void train_flow_matching(WanModel& model, const LoopOptions& o, const std::string& stage, SeedStream stream) {
     const uint64_t seed = stream_seed(cfg_.seed, stream);
-    fs::create_directories(path(stage));
+    REHYAT_CHECK(o.batch % world() == 0, "{}.batch {} is the global batch: it must be a multiple of the {} ranks",
+                 stage, o.batch, world());
+    const int64_t local_batch = o.batch / world();
+    if (rank() == 0) fs::create_directories(path(stage));
     const std::string state_path = path(stage + "/state.safetensors");
     model.set_requires_grad(true);
     const NamedTensors params = model.named_parameters();
     const std::vector<Tensor> param_tensors = tensors_of(params);
-    AdamW optimizer(params, AdamWOptions{o.lr, 0.9, 0.999, 1e-8, o.weight_decay});
+    DataParallelTrainer trainer(comm_, params, AdamWOptions{o.lr, 0.9, 0.999, 1e-8, o.weight_decay},
+                                DataParallelOptions{cfg_.dist_bucket_mb, cfg_.dist_shard_optimizer});
     const LrSchedule schedule{o.lr, o.warmup, o.steps, o.min_lr_ratio};
     const data::ShapesDataset dataset = data::ShapesDataset::open(path("data/train.h5"));
-    data::DataLoader loader(dataset, o.batch, seed, /*shuffle=*/true);
+    data::DataLoader loader(dataset, local_batch, seed, /*shuffle=*/true, rank(), world());
     int64_t step = 0;
-    if (fs::exists(state_path)) {
+    if (agree(fs::exists(state_path))) {
       REHYAT_CHECK(options_.resume, "'{}' exists: pass --resume to continue that training", state_path);
       TrainState state = load_train_state(state_path);
       std::map<std::string, Tensor> values(state.model.begin(), state.model.end());
       assign_parameters(params, values, state_path);
-      optimizer.load_state(state.optimizer);
-      loader.set_position({state.data.epoch, state.data.index});
+      trainer.load_optimizer_state(state.optimizer);
+      REHYAT_CHECK(state.data.index % world() == 0,
+                   "{}: the data position ({} samples into epoch {}) does not split over {} ranks", state_path,
+                   state.data.index, state.data.epoch, world());
+      loader.set_position({state.data.epoch, state.data.index / world()});
       step = state.step;
-      log::info("{}: resuming at step {} from {}", stage, step, state_path);
+      if (rank() == 0) log::info("{}: resuming at step {} from {}", stage, step, state_path);
     }
-    TrainLog train_log(path(stage + "/metrics.jsonl"), stage, o.steps, step);
+    if (world() > 1 && rank() == 0)
+      log::info("{}: data-parallel over {} ranks ({} backend), {} videos per rank per step, {} gradient buckets{}",
+                stage, world(), comm_->backend(), local_batch, trainer.bucket_count(),
+                cfg_.dist_shard_optimizer ? ", optimizer state sharded" : "");
+    std::optional<TrainLog> train_log;
+    if (rank() == 0) train_log.emplace(path(stage + "/metrics.jsonl"), stage, o.steps, step);
     const FlowMatchingOptions fm_options{cfg_.shift};
+    const SampleSlice slice{rank(), world()};
     for (; step < o.steps; ++step) {
       const data::Batch batch = loader.next();
       const int64_t b = batch.videos.size(0);
       // Caption dropout: whole captions become "" (zeros) so the model also learns the
       // unconditional velocity classifier-free guidance needs.
-      const std::vector<double> u = Tensor::rand({b}, stream_seed(seed, kDropout), uint64_t(step * b)).to_vector();
+      const std::vector<double> u =
+          Tensor::rand({o.batch}, stream_seed(seed, kDropout), uint64_t(step * o.batch)).to_vector();
       std::vector<double> kept(static_cast<size_t>(b));
-      for (int64_t i = 0; i < b; ++i) kept[size_t(i)] = u[size_t(i)] < cfg_.caption_dropout ? 0.0 : 1.0;
+      for (int64_t j = 0; j < b; ++j)
+        kept[size_t(j)] = u[size_t(slice.first + j * slice.stride)] < cfg_.caption_dropout ? 0.0 : 1.0;
       const Tensor text = mul(batch.text.to(cfg_.device), Tensor::from_vector(kept, {b, 1, 1}).to(cfg_.device));
-      const FlowMatchingBatch fm = make_flow_matching_batch(batch.videos.to(cfg_.device), seed, step, fm_options);
-      optimizer.zero_grad();
+      const FlowMatchingBatch fm =
+          make_flow_matching_batch(batch.videos.to(cfg_.device), seed, step, fm_options, slice);
+      trainer.zero_grad();
       const Tensor velocity = model.forward(fm.noisy, fm.timestep, text, cfg_.compute);
       Tensor loss = flow_matching_loss(velocity, fm.target);
-      const double loss_value = loss.item();
-      check_finite("loss", loss_value, step);
+      const double local_loss = loss.item();
+      check_finite("loss", local_loss, step);
       loss.backward();
+      trainer.finish_gradients();
       const double grad_norm = clip_grad_norm(param_tensors, o.grad_clip > 0 ? o.grad_clip : INFINITY);
       check_finite("gradient norm", grad_norm, step);
       const double lr = schedule.at(step);
-      optimizer.step(lr);
+      trainer.step(lr);
       const int64_t done = step + 1;
-      if (done % o.log_every == 0 || done == o.steps)
-        train_log.log(done, {{"loss", loss_value}, {"lr", lr}, {"grad_norm", grad_norm}});
+      if (done % o.log_every == 0 || done == o.steps) {
+        const double loss_value = trainer.average(local_loss);  // the global batch's loss
+        if (train_log) train_log->log(done, {{"loss", loss_value}, {"lr", lr}, {"grad_norm", grad_norm}});
+      }
       if (done % o.checkpoint_every == 0 && done < o.steps) {
         TrainState state;
         state.step = done;
         state.model = params;
-        for (const auto& [name, t] : optimizer.state()) state.optimizer[name] = t;
+        state.optimizer = trainer.optimizer_state();  // every rank: a collective when sharded
         const data::LoaderPosition position = loader.position();
-        state.data = {position.epoch, position.index};
+        state.data = {position.epoch, position.index * world()};
         state.seed = seed;
-        state.extra = {{"stage", stage}};
-        save_train_state(state_path, state);
+        state.extra = {{"stage", stage}, {"world_size", world()}};
+        if (comm_) comm_->check();
+        if (rank() == 0) save_train_state(state_path, state);
       }
     }
-    train_log.finish();
+    if (train_log) train_log->finish();
     model.set_requires_grad(false);
   }
 
   // --- stages -----------------------------------------------------------------------------
   void teacher() {
-    ensure_datasets();
-    fs::create_directories(path("teacher"));
+    if (rank() == 0) {
+      ensure_datasets();
+      fs::create_directories(path("teacher"));
+    }
     WanModel model = new_model();
     if (!cfg_.teacher_weights.empty()) {
       layers::load_checkpoint(model, cfg_.teacher_weights);
       log::info("teacher: loaded {} ({} parameters)", cfg_.teacher_weights, model.parameter_count());
     } else {
-      log::info("teacher: training a {}-parameter softmax DiT for {} steps", model.parameter_count(),
-                cfg_.teacher.steps);
+      if (rank() == 0)
+        log::info("teacher: training a {}-parameter softmax DiT for {} steps", model.parameter_count(),
+                  cfg_.teacher.steps);
       train_flow_matching(model, cfg_.teacher, "teacher", kTeacherStream);
     }
+    if (rank() != 0) return;
     layers::save_checkpoint(model, path("teacher/model.safetensors"), layers::CheckpointNaming::Wan, DType::F32,
                             exporting::checkpoint_metadata(cfg_.model, attention::AttentionConfig{}));
   }
@@ -427,8 +496,15 @@ class Pipeline {
     return err / std::max(ref, 1e-30);
   }
 
+  // Block-parallel over the ranks: with at least as many candidate blocks as ranks, rank r
+  // distills blocks r, r + world, ... alone (reading only their cache entries); with more
+  // ranks than blocks every block is trained by all ranks in turn, data-parallel (each
+  // rank its share of distill.batch, gradients averaged). Each block's φ and its error
+  // before/after go to distill/block_N.safetensors (resume skips finished blocks); rank 0
+  // then gathers them into errors.json and the distilled student.
   void distill() {
-    fs::create_directories(path("distill"));
+    if (rank() == 0) fs::create_directories(path("distill"));
+    wait_for_rank_zero("distill folder");
     const data::ActivationCacheReader reader = data::ActivationCacheReader::open(path("cache/activations.h5"));
     const int64_t entries = reader.entries();
     REHYAT_CHECK(entries > cfg_.distill_eval_entries, "{}: {} entries, but distill.eval_entries is {}",
@@ -450,29 +526,52 @@ class Pipeline {
         model.prepare(Tensor::zeros(video_shape(1), DType::F32, cfg_.device), Tensor::zeros({1}), null_context(1),
                       cfg_.compute);
 
-    json errors = exists("distill/errors.json") ? read_json(path("distill/errors.json")) : json::object();
-    for (int block : blocks) {
+    const bool data_parallel = world() > int(blocks.size());
+    if (data_parallel) {
+      REHYAT_CHECK(cfg_.distill_batch % world() == 0,
+                   "distill.batch {}: with more ranks ({}) than blocks to distill ({}) each block is trained by every "
+                   "rank, so distill.batch must be a multiple of {}",
+                   cfg_.distill_batch, world(), blocks.size(), world());
+      if (rank() == 0) log::info("distill: {} blocks, each data-parallel over {} ranks", blocks.size(), world());
+    } else if (world() > 1 && rank() == 0) {
+      log::info("distill: {} blocks spread over {} ranks", blocks.size(), world());
+    }
+    for (size_t k = 0; k < blocks.size(); ++k) {
+      const int block = blocks[k];
+      if (!data_parallel && int(k % size_t(world())) != rank()) continue;
       const std::string done_path = path(fmt::format("distill/block_{}.safetensors", block));
       layers::HybridAttentionCore* core = layers::hybrid_core(model, block);
       NamedTensors phi;
       core->collect(layers::block_prefix(block) + ".self_attn", phi);
-      if (fs::exists(done_path)) {
-        assign_parameters(phi, load_safetensors(done_path), done_path);
+      if (agree_within(data_parallel, fs::exists(done_path))) {
         log::info("distill: block {} already distilled", block);
         continue;
       }
       const double before = block_error(model, block, reader, eval_entries, prepared.rope, prepared.precision);
-      distill_block(model, block, phi, reader, train_entries, prepared);
+      distill_block(model, block, phi, reader, train_entries, prepared, data_parallel);
       const double after = block_error(model, block, reader, eval_entries, prepared.rope, prepared.precision);
+      if (data_parallel && rank() != 0) continue;
       log::info("distill: block {} relative error {:.4g} -> {:.4g} ({:.1f}x lower)", block, before, after,
                 before / std::max(after, 1e-30));
-      errors["blocks"][std::to_string(block)] = {{"before", before}, {"after", after}};
       save_safetensors(done_path, phi, {{"error_before", fmt::format("{}", before)},
                                         {"error_after", fmt::format("{}", after)}});
-      write_text_atomically(path("distill/errors.json"), errors.dump(2) + "\n");
     }
+    wait_for_rank_zero("distill blocks");
+    if (rank() != 0) return;
 
-    // Rank by error after distillation; convert the list, the N best, or all.
+    // Gather: each block's error from its file, ranked by the error after distillation;
+    // convert the list, the N best, or all.
+    json errors = json::object();
+    for (int block : blocks) {
+      const std::string file = path(fmt::format("distill/block_{}.safetensors", block));
+      const std::map<std::string, std::string> meta = SafetensorsFile::open(file).metadata();
+      auto number = [&](const char* key) {
+        auto it = meta.find(key);
+        REHYAT_CHECK(it != meta.end(), "{}: no '{}' in its metadata", file, key);
+        return std::stod(it->second);
+      };
+      errors["blocks"][std::to_string(block)] = {{"before", number("error_before")}, {"after", number("error_after")}};
+    }
     std::vector<int64_t> ranking(blocks.begin(), blocks.end());
     auto after_of = [&](int64_t b) { return errors["blocks"][std::to_string(b)]["after"].get<double>(); };
     std::stable_sort(ranking.begin(), ranking.end(), [&](int64_t a, int64_t b) { return after_of(a) < after_of(b); });
@@ -502,70 +601,86 @@ class Pipeline {
                             exporting::checkpoint_metadata(cfg_.model, chosen));
   }
 
+  // agree() among the ranks sharing the work (all of them when data-parallel), else this
+  // rank's own view.
+  bool agree_within(bool all_ranks, bool value) { return all_ranks ? agree(value) : value; }
+
+  // One block's φ: `distill.batch` cache entries per step (split over the ranks when
+  // data_parallel), drawn from a (seed, step) stream at their global sample indices.
   void distill_block(WanModel& model, int block, const NamedTensors& phi, const data::ActivationCacheReader& reader,
-                     const std::vector<int64_t>& train_entries, const layers::PreparedInputs& prepared) {
+                     const std::vector<int64_t>& train_entries, const layers::PreparedInputs& prepared,
+                     bool data_parallel) {
     const uint64_t seed = stream_seed(cfg_.seed + uint64_t(block), kDistillStream);
     const std::string stage = fmt::format("distill/block_{}", block);
     const std::string state_path = path(stage + ".state.safetensors");
+    const bool writer = !data_parallel || rank() == 0;
     for (const auto& [name, t] : phi) Tensor(t).set_requires_grad(true);
-    AdamW optimizer(phi, AdamWOptions{cfg_.distill_lr, 0.9, 0.999, 1e-8, 0.0});
+    DataParallelTrainer trainer(data_parallel ? comm_ : nullptr, phi,
+                                AdamWOptions{cfg_.distill_lr, 0.9, 0.999, 1e-8, 0.0},
+                                DataParallelOptions{cfg_.dist_bucket_mb, cfg_.dist_shard_optimizer});
+    const int shards = data_parallel ? world() : 1, shard = data_parallel ? rank() : 0;
     int64_t step = 0;
-    if (fs::exists(state_path)) {
+    if (agree_within(data_parallel, fs::exists(state_path))) {
       REHYAT_CHECK(options_.resume, "'{}' exists: pass --resume to continue that distillation", state_path);
       TrainState state = load_train_state(state_path);
       assign_parameters(phi, std::map<std::string, Tensor>(state.model.begin(), state.model.end()), state_path);
-      optimizer.load_state(state.optimizer);
+      trainer.load_optimizer_state(state.optimizer);
       step = state.step;
-      log::info("distill: block {} resuming at step {}", block, step);
+      if (writer) log::info("distill: block {} resuming at step {}", block, step);
     }
-    TrainLog train_log(path(stage + ".metrics.jsonl"), fmt::format("distill block {}", block), cfg_.distill_steps,
-                       step);
+    std::optional<TrainLog> train_log;
+    if (writer)
+      train_log.emplace(path(stage + ".metrics.jsonl"), fmt::format("distill block {}", block), cfg_.distill_steps,
+                        step);
     const LrSchedule schedule{cfg_.distill_lr, 0, cfg_.distill_steps, cfg_.distill_min_lr_ratio};
     const int64_t batch = cfg_.distill_batch;
     for (; step < cfg_.distill_steps; ++step) {
-      // `batch` cache entries (the paper: 1), drawn from a (seed, step) stream.
-      const Tensor u = Tensor::rand({batch}, seed, uint64_t(step)).contiguous();
+      // The step's `batch` uniforms pick cache entries; this rank takes every shards-th.
+      const std::vector<double> u = Tensor::rand({batch}, seed, uint64_t(step * batch)).to_vector();
       std::vector<Tensor> inputs, targets;
-      for (int64_t i = 0; i < batch; ++i) {
-        const double ui = u.select(0, i).item();
+      for (int64_t i = shard; i < batch; i += shards) {
         const int64_t entry = train_entries[size_t(
-            std::min<double>(ui * double(train_entries.size()), double(train_entries.size() - 1)))];
+            std::min<double>(u[size_t(i)] * double(train_entries.size()), double(train_entries.size() - 1)))];
         const auto [in, out] = reader.read(block, entry);
         inputs.push_back(in.unsqueeze(0));
         targets.push_back(out.unsqueeze(0));
       }
-      optimizer.zero_grad();
+      trainer.zero_grad();
       const Tensor y = model.block(block).self_attn.forward(concat(inputs, 0).to(cfg_.device), prepared.rope,
                                                             prepared.precision);
       Tensor loss = mse_loss(y.to(DType::F32), concat(targets, 0).to(cfg_.device));
-      const double loss_value = loss.item();
-      check_finite("distillation loss", loss_value, step);
+      const double local_loss = loss.item();
+      check_finite("distillation loss", local_loss, step);
       loss.backward();
+      trainer.finish_gradients();
       const double lr = schedule.at(step);
-      optimizer.step(lr);
+      trainer.step(lr);
       const int64_t done = step + 1;
-      if (done % cfg_.distill_log_every == 0 || done == cfg_.distill_steps)
-        train_log.log(done, {{"loss", loss_value}, {"lr", lr}});
+      if (done % cfg_.distill_log_every == 0 || done == cfg_.distill_steps) {
+        const double loss_value = trainer.average(local_loss);
+        if (train_log) train_log->log(done, {{"loss", loss_value}, {"lr", lr}});
+      }
       if (done % cfg_.distill_checkpoint_every == 0 && done < cfg_.distill_steps) {
         TrainState state;
         state.step = done;
         state.model = phi;
-        for (const auto& [name, t] : optimizer.state()) state.optimizer[name] = t;
+        state.optimizer = trainer.optimizer_state();
         state.seed = seed;
         state.extra = {{"stage", stage}};
-        save_train_state(state_path, state);
+        if (writer) save_train_state(state_path, state);
       }
     }
-    train_log.finish();
+    if (train_log) train_log->finish();
     for (const auto& [name, t] : phi) Tensor(t).set_requires_grad(false);
   }
 
   void finetune() {
-    ensure_datasets();
     WanModel model = student_model(path("distill/model.safetensors"));
-    log::info("finetune: all {} parameters of the hybrid DiT for {} steps", model.parameter_count(),
-              cfg_.finetune.steps);
+    if (rank() == 0)
+      log::info("finetune: all {} parameters of the hybrid DiT for {} steps", model.parameter_count(),
+                cfg_.finetune.steps);
     train_flow_matching(model, cfg_.finetune, "finetune", kFinetuneStream);
+    if (rank() != 0) return;
     layers::save_checkpoint(model, path("finetune/model.safetensors"), layers::CheckpointNaming::Wan, DType::F32,
                             exporting::checkpoint_metadata(cfg_.model, student_attention()));
   }
@@ -779,6 +894,7 @@ class Pipeline {
   PipelineOptions options_;
   std::string dir_;
   data::TextEncoder encoder_;
+  dist::Communicator* comm_ = nullptr;
 };
 
 }  // namespace
@@ -787,7 +903,16 @@ void run_pipeline(const Config& config, const std::vector<std::string>& stages, 
   for (const std::string& s : stages)
     REHYAT_CHECK(std::find(stage_names().begin(), stage_names().end(), s) != stage_names().end(),
                  "unknown stage '{}' (stages: {})", s, fmt::join(stage_names(), ", "));
-  Pipeline(config, options).run(stages);
+  // A multi-process run (RANK / WORLD_SIZE, mpirun, srun: train/dist_env.h): one rank per
+  // GPU, or CPU ranks over the control channel for tests.
+  const dist::DistEnv env = dist::detect_dist_env();
+  std::unique_ptr<dist::Communicator> comm;
+  if (env.distributed()) {
+    const bool cuda = config.get<std::string>("run.device") == "cuda";
+    comm = dist::Communicator::create(env, cuda ? dist::local_device(env) : Device::cpu());
+    log::info("rank {} of {}: {} on {}", env.rank, env.world_size, comm->backend(), comm->device().str());
+  }
+  Pipeline(config, options, comm.get()).run(stages);
 }
 
 }  // namespace rehyat::train

@@ -11,7 +11,7 @@ namespace {
 
 void declare_loop(ConfigSchema& schema, const std::string& s, const LoopOptions& d, const std::string& what) {
   schema.optional<int64_t>(s + ".steps", d.steps, "optimizer steps of " + what)
-      .optional<int64_t>(s + ".batch", d.batch, "videos per step (global batch)")
+      .optional<int64_t>(s + ".batch", d.batch, "videos per step: the global batch, split over the ranks of a multi-process run")
       .optional<double>(s + ".lr", d.lr, "peak AdamW learning rate")
       .optional<int64_t>(s + ".warmup", d.warmup, "linear warm-up steps")
       .optional<double>(s + ".min_lr_ratio", d.min_lr_ratio, "cosine decay ends at this fraction of lr")
@@ -108,6 +108,10 @@ void declare_run_config(ConfigSchema& schema) {
   schema.section("eval", "stage eval: SPEC §5 metrics and the report")
       .optional<int64_t>("eval.videos", d.eval_videos, "held-out videos for the flow-matching loss")
       .optional<int64_t>("eval.sigmas", d.eval_sigmas, "noise levels per video for that loss");
+  schema.section("dist", "multi-process runs: data-parallel teacher and fine-tuning, block-parallel distillation")
+      .optional<double>("dist.bucket_mb", d.dist_bucket_mb, "gradient all-reduce bucket size, MiB")
+      .optional<bool>("dist.shard_optimizer", d.dist_shard_optimizer,
+                      "ZeRO-1: each rank keeps the AdamW moments of its share of the parameters");
 }
 
 RunConfig run_config_from(const Config& c) {
@@ -170,6 +174,8 @@ RunConfig run_config_from(const Config& c) {
 
   r.eval_videos = c.get<int64_t>("eval.videos");
   r.eval_sigmas = c.get<int64_t>("eval.sigmas");
+  r.dist_bucket_mb = c.get<double>("dist.bucket_mb");
+  r.dist_shard_optimizer = c.get<bool>("dist.shard_optimizer");
 
   // Cross-key checks, each naming where the offending value came from.
   std::vector<std::string> problems;
@@ -216,6 +222,7 @@ RunConfig run_config_from(const Config& c) {
            int64_t(r.attention.converted_blocks(r.model.num_layers).size()) == r.model.num_layers,
        "sample.mode", "recurrent sampling needs every block converted (attention.hybrid_blocks / hybrid_block_count)");
   need(r.eval_videos >= 1 && r.eval_sigmas >= 1, "eval.videos", "videos and sigmas must be >= 1");
+  need(r.dist_bucket_mb > 0, "dist.bucket_mb", "must be positive");
   if (!problems.empty()) REHYAT_FAIL("{}: invalid run config:\n  {}", c.source(), fmt::join(problems, "\n  "));
   return r;
 }

@@ -11,6 +11,7 @@
 //   finetune: flow-matching fine-tuning of the whole hybrid DiT
 //   sample:   solver, steps, flow shift, guidance, parallel or recurrent
 //   eval:     how many held-out videos the metrics use
+//   dist:     data-parallel settings of multi-process runs (`rehyat launch`, mpirun, srun)
 //
 // Every key has a default except run.name; configs/quickstart.yaml lists them all.
 // Errors name the file, line and key (core/config.h).
@@ -89,6 +90,9 @@ struct RunConfig {
   // eval:
   int64_t eval_videos = 16;  // held-out videos for the flow-matching loss
   int64_t eval_sigmas = 4;   // noise levels per video
+  // dist: (multi-process runs, train/data_parallel.h)
+  double dist_bucket_mb = 25;         // gradient all-reduce bucket size
+  bool dist_shard_optimizer = false;  // ZeRO-1: AdamW moments sharded over the ranks
 
   std::string run_dir() const { return out_dir + "/" + name; }
 };

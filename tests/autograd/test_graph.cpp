@@ -30,6 +30,30 @@ TEST(Autograd, GradientsAccumulateAcrossBackwardCalls) {
   EXPECT_FALSE(x.grad().defined());
 }
 
+// The post-accumulate hook runs once per backward, after the last contribution (x is
+// used three times), and sees the whole gradient; a leaf whose only path got no gradient
+// is not called.
+TEST(Autograd, PostAccumulateHookSeesTheFinishedGradient) {
+  Tensor x = leaf({1, 2, 3});
+  Tensor w = leaf({0.5, -1, 2});
+  std::vector<std::vector<double>> seen_x;
+  int calls_w = 0;
+  x.autograd_meta()->post_accumulate_hook = [&] { seen_x.push_back(x.grad().to_vector()); };
+  w.autograd_meta()->post_accumulate_hook = [&] { ++calls_w; };
+  Tensor y = sum(add(mul(mul(x, x), w), mul(x, 3.0)));  // d/dx = 2 x w + 3, d/dw = x^2
+  y.backward();
+  ASSERT_EQ(seen_x.size(), 1u);
+  EXPECT_EQ(seen_x[0], (std::vector<double>{4, -1, 15}));
+  EXPECT_EQ(calls_w, 1);
+  sum(mul(x, 2.0)).backward();  // a second backward calls it again, with the sum so far
+  ASSERT_EQ(seen_x.size(), 2u);
+  EXPECT_EQ(seen_x[1], (std::vector<double>{6, 1, 17}));
+  EXPECT_EQ(calls_w, 1);
+  x.autograd_meta()->post_accumulate_hook = nullptr;
+  sum(x).backward();
+  EXPECT_EQ(seen_x.size(), 2u);
+}
+
 TEST(Autograd, NoGradGuardRecordsNothing) {
   Tensor x = leaf({1, 2});
   {

@@ -8,3 +8,11 @@ rehyat_test(test_dist train/test_dist.cpp)
 add_test(NAME dist_py COMMAND python3 -m pytest -q -s -p no:cacheprovider ${CMAKE_CURRENT_LIST_DIR}/../tools/test_dist.py)
 set_tests_properties(dist_py PROPERTIES ENVIRONMENT "REHYAT_BIN=$<TARGET_FILE:rehyat_cli>;PYTHONDONTWRITEBYTECODE=1"
                                         TIMEOUT 300)
+
+# Data-parallel teacher training and block-parallel distillation on CPU ranks (the host
+# backend): 2 ranks track 1 process, ZeRO-1 is bit-identical, a 2-rank checkpoint resumes
+# on 1 rank, a killed rank stops the training.
+add_test(NAME data_parallel_py
+         COMMAND python3 -m pytest -q -s -p no:cacheprovider ${CMAKE_CURRENT_LIST_DIR}/../tools/test_data_parallel.py)
+set_tests_properties(data_parallel_py PROPERTIES ENVIRONMENT "REHYAT_BIN=$<TARGET_FILE:rehyat_cli>;PYTHONDONTWRITEBYTECODE=1"
+                                                 TIMEOUT 1200)

@@ -1,7 +1,7 @@
 // Multi-process plumbing on the CPU (issue 7): environment detection (every source, every
 // error), Slurm nodelists, the file and TCP rendezvous with ranks as threads or forked
 // processes (timeouts, dead and hung peers named), the collective watchdog with fake
-// collectives, and the one-rank communicator.
+// collectives, the one-rank communicator and the host communicator of several CPU ranks.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -9,7 +9,9 @@
 #include <atomic>
 #include <chrono>
 #include <csignal>
+#include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <functional>
 #include <future>
@@ -22,6 +24,9 @@
 #include "train/dist_env.h"
 #include "train/dist_rendezvous.h"
 #include "train/dist_watchdog.h"
+#include "train/data_parallel.h"
+#include "autograd/graph.h"
+#include "autograd/ops.h"
 
 namespace rehyat {
 namespace {
@@ -718,15 +723,462 @@ TEST(Communicator, ChecksItsArguments) {
 }
 
 #ifndef REHYAT_NCCL
-TEST(Communicator, MoreRanksNeedNccl) {
+TEST(Communicator, MoreRanksOnAGpuNeedNccl) {
   DistEnv env = tcp_env(0, 2, dist::free_tcp_port());
   const auto start = Clock::now();
-  expect_contains(error_message([&] { dist::Communicator::create(env, Device::cpu()); }),
-                  {"rank 0 of 2", "built without NCCL"});
+  expect_contains(error_message([&] { dist::Communicator::create(env, Device::cuda(0)); }),
+                  {"rank 0 of 2", "built without NCCL", "cuda:0"});
   EXPECT_LT(seconds_since(start), 1);  // before any rendezvous
   EXPECT_FALSE(dist::built_with_nccl());
 }
 #endif
+
+// --- the host communicator: several CPU ranks over the control channel -------------------
+
+// Rank r's input of a test: random, a different seed per rank (and per tensor).
+Tensor rank_input(DType dtype, const Shape& shape, int rank, uint64_t salt) {
+  const uint64_t seed = 1000 + 97 * salt + uint64_t(rank);
+  if (is_floating(dtype)) return Tensor::randn(shape, seed, 0, dtype, Device::cpu(), 0.5, 3.0);
+  std::vector<double> v = Tensor::randn(shape, seed, 0, DType::F64, Device::cpu(), 0, 1e6).to_vector();
+  for (double& x : v) x = std::round(dtype == DType::I64 ? x * 1e5 : x);  // i64: beyond 2^32
+  return Tensor::from_vector(v, shape, dtype);
+}
+
+// The host backend's reduction of element i, computed here independently: the sum in rank
+// order in the dtype's arithmetic (f32: float, f64: double, bf16 / f16: float, rounded once;
+// integers exact), Avg = that sum / world.
+std::vector<double> rank_order_reduction(const std::vector<std::vector<double>>& inputs, DType dtype,
+                                         dist::ReduceOp op) {
+  const size_t world = inputs.size();
+  std::vector<double> out(inputs[0].size());
+  for (size_t i = 0; i < out.size(); ++i) {
+    if (dtype == DType::F64) {
+      double sum = inputs[0][i];
+      for (size_t r = 1; r < world; ++r) sum += inputs[r][i];
+      out[i] = op == dist::ReduceOp::Avg ? sum / double(world) : sum;
+    } else if (is_floating(dtype)) {
+      float sum = float(inputs[0][i]);
+      for (size_t r = 1; r < world; ++r) sum += float(inputs[r][i]);
+      if (op == dist::ReduceOp::Avg) sum = sum / float(world);
+      out[i] = sum;
+    } else {
+      int64_t sum = 0;
+      for (size_t r = 0; r < world; ++r) sum += int64_t(inputs[r][i]);
+      out[i] = double(sum);
+    }
+  }
+  if (dtype == DType::BF16 || dtype == DType::F16) out = Tensor::from_vector(out, {int64_t(out.size())}, dtype).to_vector();
+  return out;
+}
+
+// Runs body(rank, comm) on `world` host communicators (threads, TCP rendezvous); fails
+// the test with every rank's error.
+void run_host_ranks(int world, const std::function<void(int, dist::Communicator&)>& body) {
+  const int port = dist::free_tcp_port();
+  const std::vector<std::string> errors = run_ranks(world, [&](int rank) {
+    std::unique_ptr<dist::Communicator> comm = dist::Communicator::create(tcp_env(rank, world, port), Device::cpu(), 10);
+    body(rank, *comm);
+  });
+  for (int r = 0; r < world; ++r) EXPECT_EQ(errors[size_t(r)], "") << "rank " << r;
+}
+
+TEST(HostCommunicator, AllReduceSumAndAvgInRankOrder) {
+  const std::vector<DType> dtypes = {DType::F32, DType::F64, DType::BF16, DType::F16, DType::I32, DType::I64};
+  for (int world : {2, 3}) {
+    SCOPED_TRACE(fmt::format("world {}", world));
+    // results[rank][case]: every rank must end with the same values
+    std::vector<std::vector<std::vector<double>>> results(static_cast<size_t>(world));
+    run_host_ranks(world, [&](int rank, dist::Communicator& comm) {
+      EXPECT_STREQ(comm.backend(), "host");
+      EXPECT_EQ(comm.rank(), rank);
+      EXPECT_EQ(comm.world_size(), world);
+      for (size_t d = 0; d < dtypes.size(); ++d)
+        for (dist::ReduceOp op : {dist::ReduceOp::Sum, dist::ReduceOp::Avg}) {
+          if (op == dist::ReduceOp::Avg && !is_floating(dtypes[d])) continue;
+          Tensor t = rank_input(dtypes[d], {5, 7}, rank, d);
+          if (op == dist::ReduceOp::Sum)
+            comm.all_reduce(t, op);
+          else
+            EXPECT_FALSE(comm.all_reduce_async(t, op).pending());  // already done
+          results[size_t(rank)].push_back(t.to_vector());
+        }
+    });
+    size_t c = 0;
+    for (size_t d = 0; d < dtypes.size(); ++d)
+      for (dist::ReduceOp op : {dist::ReduceOp::Sum, dist::ReduceOp::Avg}) {
+        if (op == dist::ReduceOp::Avg && !is_floating(dtypes[d])) continue;
+        SCOPED_TRACE(fmt::format("{} {}", dtype_name(dtypes[d]), dist::reduce_op_name(op)));
+        std::vector<std::vector<double>> inputs;
+        for (int r = 0; r < world; ++r) inputs.push_back(rank_input(dtypes[d], {5, 7}, r, d).to_vector());
+        const std::vector<double> expected = rank_order_reduction(inputs, dtypes[d], op);
+        for (int r = 0; r < world; ++r) {
+          ASSERT_GT(results[size_t(r)].size(), c);
+          EXPECT_EQ(results[size_t(r)][c], expected) << "rank " << r;
+        }
+        ++c;
+      }
+  }
+}
+
+TEST(HostCommunicator, TwoRankF32SumIsExactlyAPlusB) {
+  std::vector<Tensor> out(2);
+  run_host_ranks(2, [&](int rank, dist::Communicator& comm) {
+    Tensor t = rank_input(DType::F32, {257}, rank, 50);
+    comm.all_reduce(t);
+    out[size_t(rank)] = t;
+  });
+  const Tensor a = rank_input(DType::F32, {257}, 0, 50), b = rank_input(DType::F32, {257}, 1, 50);
+  for (int64_t i = 0; i < 257; ++i) {
+    const float sum = a.data<float>()[i] + b.data<float>()[i];
+    for (const Tensor& t : out) EXPECT_EQ(std::memcmp(&t.data<float>()[i], &sum, sizeof sum), 0) << "element " << i;
+  }
+}
+
+TEST(HostCommunicator, ReduceScatterAllGatherBroadcast) {
+  for (int world : {2, 3}) {
+    SCOPED_TRACE(fmt::format("world {}", world));
+    const int64_t n = 6;
+    std::vector<std::vector<double>> scattered(static_cast<size_t>(world)), scattered_avg(static_cast<size_t>(world)), gathered(static_cast<size_t>(world)),
+        gathered_i32(static_cast<size_t>(world)), broadcast(static_cast<size_t>(world)), broadcast_i64(static_cast<size_t>(world));
+    run_host_ranks(world, [&](int rank, dist::Communicator& comm) {
+      Tensor out = Tensor::zeros({n}, DType::F32);
+      comm.reduce_scatter(out, rank_input(DType::F32, {world * n}, rank, 10));
+      scattered[size_t(rank)] = out.to_vector();
+      Tensor out64 = Tensor::zeros({2, n / 2}, DType::F64);
+      comm.reduce_scatter_async(out64, rank_input(DType::F64, {world, n}, rank, 11), dist::ReduceOp::Avg).wait();
+      scattered_avg[size_t(rank)] = out64.to_vector();
+
+      Tensor all = Tensor::zeros({world, n}, DType::BF16);
+      comm.all_gather(all, rank_input(DType::BF16, {n}, rank, 12));
+      gathered[size_t(rank)] = all.to_vector();
+      Tensor ints = Tensor::zeros({world * 3}, DType::I32);
+      comm.all_gather_async(ints, rank_input(DType::I32, {3}, rank, 13)).wait();
+      gathered_i32[size_t(rank)] = ints.to_vector();
+
+      Tensor b = rank_input(DType::F32, {n}, rank, 14);
+      comm.broadcast(b, world - 1);  // a root other than 0
+      broadcast[size_t(rank)] = b.to_vector();
+      Tensor bi = rank_input(DType::I64, {2, 2}, rank, 15);
+      comm.broadcast_async(bi, 1).wait();
+      broadcast_i64[size_t(rank)] = bi.to_vector();
+    });
+    std::vector<std::vector<double>> in_f32, in_f64;
+    for (int r = 0; r < world; ++r) {
+      in_f32.push_back(rank_input(DType::F32, {world * n}, r, 10).to_vector());
+      in_f64.push_back(rank_input(DType::F64, {world, n}, r, 11).to_vector());
+    }
+    const std::vector<double> sum = rank_order_reduction(in_f32, DType::F32, dist::ReduceOp::Sum);
+    const std::vector<double> avg = rank_order_reduction(in_f64, DType::F64, dist::ReduceOp::Avg);
+    std::vector<double> all_bf16, all_i32;
+    for (int r = 0; r < world; ++r) {
+      const std::vector<double> v = rank_input(DType::BF16, {n}, r, 12).to_vector();
+      all_bf16.insert(all_bf16.end(), v.begin(), v.end());
+      const std::vector<double> w = rank_input(DType::I32, {3}, r, 13).to_vector();
+      all_i32.insert(all_i32.end(), w.begin(), w.end());
+    }
+    for (int r = 0; r < world; ++r) {
+      SCOPED_TRACE(fmt::format("rank {}", r));
+      EXPECT_EQ(scattered[size_t(r)], std::vector<double>(sum.begin() + r * n, sum.begin() + (r + 1) * n));
+      EXPECT_EQ(scattered_avg[size_t(r)], std::vector<double>(avg.begin() + r * n, avg.begin() + (r + 1) * n));
+      EXPECT_EQ(gathered[size_t(r)], all_bf16);
+      EXPECT_EQ(gathered_i32[size_t(r)], all_i32);
+      EXPECT_EQ(broadcast[size_t(r)], rank_input(DType::F32, {n}, world - 1, 14).to_vector());
+      EXPECT_EQ(broadcast_i64[size_t(r)], rank_input(DType::I64, {2, 2}, 1, 15).to_vector());
+    }
+  }
+}
+
+TEST(HostCommunicator, GroupsBarrierAndInPlaceCalls) {
+  const int world = 3;
+  std::vector<std::vector<double>> a(world), b(world), g(world), s(world), after(world);
+  run_host_ranks(world, [&](int rank, dist::Communicator& comm) {
+    Tensor ta = rank_input(DType::F32, {4}, rank, 20), tb = rank_input(DType::BF16, {3}, rank, 21);
+    Tensor tg = Tensor::zeros({world * 2}, DType::F64);
+    tg.slice(0, rank * 2, rank * 2 + 2).copy_(rank_input(DType::F64, {2}, rank, 22));
+    {
+      dist::CommGroup group(comm);
+      EXPECT_FALSE(comm.all_reduce_async(ta).pending());
+      comm.all_reduce(tb, dist::ReduceOp::Avg);
+      comm.all_gather(tg, tg.slice(0, rank * 2, rank * 2 + 2));  // in place: the input is this rank's block
+    }
+    comm.group_start();
+    Tensor ts = rank_input(DType::F32, {world * 2}, rank, 23);
+    Tensor mine = ts.slice(0, rank * 2, rank * 2 + 2);
+    comm.reduce_scatter(mine, ts);  // in place: the output is this rank's block of the input
+    EXPECT_FALSE(comm.group_end().pending());
+    comm.barrier();
+    comm.synchronize();
+    comm.check();
+    a[size_t(rank)] = ta.to_vector();
+    b[size_t(rank)] = tb.to_vector();
+    g[size_t(rank)] = tg.to_vector();
+    s[size_t(rank)] = mine.to_vector();
+    Tensor last = rank_input(DType::F32, {2}, rank, 24);
+    comm.all_reduce(last);  // the sequence goes on after a barrier
+    after[size_t(rank)] = last.to_vector();
+  });
+  std::vector<std::vector<double>> ia, ib, is, il;
+  std::vector<double> ig;
+  for (int r = 0; r < world; ++r) {
+    ia.push_back(rank_input(DType::F32, {4}, r, 20).to_vector());
+    ib.push_back(rank_input(DType::BF16, {3}, r, 21).to_vector());
+    const std::vector<double> v = rank_input(DType::F64, {2}, r, 22).to_vector();
+    ig.insert(ig.end(), v.begin(), v.end());
+    is.push_back(rank_input(DType::F32, {world * 2}, r, 23).to_vector());
+    il.push_back(rank_input(DType::F32, {2}, r, 24).to_vector());
+  }
+  const std::vector<double> sum_s = rank_order_reduction(is, DType::F32, dist::ReduceOp::Sum);
+  for (int r = 0; r < world; ++r) {
+    SCOPED_TRACE(fmt::format("rank {}", r));
+    EXPECT_EQ(a[size_t(r)], rank_order_reduction(ia, DType::F32, dist::ReduceOp::Sum));
+    EXPECT_EQ(b[size_t(r)], rank_order_reduction(ib, DType::BF16, dist::ReduceOp::Avg));
+    EXPECT_EQ(g[size_t(r)], ig);
+    EXPECT_EQ(s[size_t(r)], std::vector<double>(sum_s.begin() + r * 2, sum_s.begin() + r * 2 + 2));
+    EXPECT_EQ(after[size_t(r)], rank_order_reduction(il, DType::F32, dist::ReduceOp::Sum));
+  }
+}
+
+TEST(HostCommunicator, LargeTensorsGoInParts) {
+  // 2.5 M f32 = 10 MB per rank: more than one all_gather of the control channel can carry.
+  const int64_t n = 2'500'000;
+  std::vector<Tensor> out(2);
+  const auto start = Clock::now();
+  run_host_ranks(2, [&](int rank, dist::Communicator& comm) {
+    Tensor t = rank_input(DType::F32, {n}, rank, 30);
+    comm.all_reduce(t);
+    out[size_t(rank)] = t;
+  });
+  EXPECT_LT(seconds_since(start), 5);
+  const Tensor a = rank_input(DType::F32, {n}, 0, 30), b = rank_input(DType::F32, {n}, 1, 30);
+  for (const Tensor& t : out) {
+    ASSERT_TRUE(t.defined());
+    int64_t wrong = 0;
+    for (int64_t i = 0; i < n; ++i) wrong += t.data<float>()[i] != a.data<float>()[i] + b.data<float>()[i];
+    EXPECT_EQ(wrong, 0);
+  }
+}
+
+TEST(HostCommunicator, RanksThatDisagreeFailEverywhere) {
+  const int port = dist::free_tcp_port();
+  std::vector<std::string> later(3);
+  const std::vector<std::string> errors = run_ranks(3, [&](int rank) {
+    std::unique_ptr<dist::Communicator> comm = dist::Communicator::create(tcp_env(rank, 3, port), Device::cpu(), 10);
+    Tensor t = rank_input(DType::F32, {rank == 1 ? 5 : 4}, rank, 40);  // rank 1 has one element more
+    try {
+      comm->all_reduce(t);
+    } catch (const std::exception&) {
+      later[size_t(rank)] = error_message([&] { comm->check(); });  // sticky
+      throw;
+    }
+  });
+  for (int r = 0; r < 3; ++r) {
+    SCOPED_TRACE(fmt::format("rank {}", r));
+    expect_contains(errors[size_t(r)], {fmt::format("rank {}: all_reduce of f32", r), "(#1) failed",
+                                        "ranks 0, 2: all_reduce (sum) of 4 f32 elements",
+                                        "rank 1: all_reduce (sum) of 5 f32 elements"});
+    EXPECT_EQ(later[size_t(r)], errors[size_t(r)]);
+  }
+}
+
+TEST(HostCommunicator, DifferentCollectivesFailEverywhere) {
+  const int port = dist::free_tcp_port();
+  const std::vector<std::string> errors = run_ranks(2, [&](int rank) {
+    std::unique_ptr<dist::Communicator> comm = dist::Communicator::create(tcp_env(rank, 2, port), Device::cpu(), 10);
+    Tensor t = rank_input(DType::F32, {4}, rank, 41);
+    if (rank == 0)
+      comm->broadcast(t, 1);
+    else
+      comm->barrier();
+  });
+  for (int r = 0; r < 2; ++r)
+    expect_contains(errors[size_t(r)], {fmt::format("rank {}", r), "failed", "rank 0: broadcast from rank 1 of 4 f32",
+                                        "rank 1: barrier"});
+}
+
+TEST(HostCommunicator, ARankThatFailsIsNamedAtOnce) {
+  const int port = dist::free_tcp_port();
+  const auto start = Clock::now();
+  const std::vector<std::string> errors = run_ranks(3, [&](int rank) {
+    std::unique_ptr<dist::Communicator> comm = dist::Communicator::create(tcp_env(rank, 3, port), Device::cpu(), 30);
+    Tensor t = rank_input(DType::F32, {8}, rank, 42);
+    comm->all_reduce(t);
+    if (rank == 2) throw Error("out of memory in the forward pass");  // unwinds: the communicator tells the others
+    comm->all_reduce(t);
+  });
+  EXPECT_LT(seconds_since(start), 5);  // not the 30 s timeout
+  EXPECT_EQ(errors[2], "out of memory in the forward pass");
+  for (int r : {0, 1})
+    expect_contains(errors[size_t(r)], {fmt::format("rank {}: all_reduce of f32[8] (#2) failed", r),
+                                        "rank 2 went away", "it failed"});
+}
+
+TEST(HostCommunicator, ChecksTensorsLocally) {
+  run_host_ranks(2, [&](int rank, dist::Communicator& comm) {
+    Tensor t = rank_input(DType::F32, {2, 3}, rank, 43);
+    expect_contains(error_message([&] { comm.all_gather(t, t); }), {"all_gather", "world size (2)"});
+    Tensor ints = rank_input(DType::I64, {3}, rank, 44);
+    expect_contains(error_message([&] { comm.all_reduce(ints, dist::ReduceOp::Avg); }), {"avg", "i64"});
+    expect_contains(error_message([&] { comm.broadcast(t, 2); }), {"root 2"});
+    Tensor strided = t.transpose(0, 1);
+    expect_contains(error_message([&] { comm.all_reduce(strided); }), {"contiguous"});
+    comm.all_reduce(t);  // local errors are not sticky and use no sequence number
+    comm.check();
+  });
+}
+
+// --- data-parallel training (train/data_parallel.h) on host ranks --------------------------
+
+// A small "model": parameters of several sizes, one of them unused by the loss.
+layers::NamedTensors dp_params() {
+  layers::NamedTensors params;
+  const std::vector<std::pair<std::string, Shape>> shapes = {
+      {"a", {64, 16}}, {"b", {16}}, {"c", {16, 8}}, {"unused", {5}}, {"d", {8}}};
+  uint64_t seed = 100;
+  for (const auto& [name, shape] : shapes) {
+    Tensor t = Tensor::randn(shape, seed++);
+    t.set_requires_grad(true);
+    params.emplace_back(name, t);
+  }
+  return params;
+}
+
+// loss(x) = mean(gelu(gelu(x a + b) c + d)^2) for a rank's input x [4, 64].
+Tensor dp_loss(const layers::NamedTensors& p, const Tensor& x) {
+  const Tensor h = gelu(add(matmul(x, p[0].second), p[1].second));
+  const Tensor y = gelu(add(matmul(h, p[2].second), p[4].second));
+  return mean(mul(y, y));
+}
+
+Tensor dp_input(int rank) { return Tensor::randn({4, 64}, 7000 + uint64_t(rank)); }
+
+// The gradients of rank r's loss alone (one process, no communicator).
+std::vector<std::vector<double>> single_rank_grads(int rank) {
+  layers::NamedTensors p = dp_params();
+  dp_loss(p, dp_input(rank)).backward();
+  std::vector<std::vector<double>> g;
+  for (auto& [name, t] : p) g.push_back(t.grad().defined() ? t.grad().to_vector() : std::vector<double>());
+  return g;
+}
+
+TEST(DataParallel, AveragesGradientsInBucketsDuringBackward) {
+  for (int world : {2, 3}) {
+    SCOPED_TRACE(fmt::format("world {}", world));
+    std::vector<std::vector<std::vector<double>>> per_rank{size_t(world)};
+    for (int r = 0; r < world; ++r) per_rank[size_t(r)] = single_rank_grads(r);
+    std::vector<std::vector<std::vector<double>>> got{size_t(world)};
+    std::vector<int64_t> buckets(static_cast<size_t>(world));
+        run_host_ranks(world, [&](int rank, dist::Communicator& comm) {
+      layers::NamedTensors p = dp_params();
+      // 0.0004 MiB = 104 floats per bucket, filled in reverse order until full:
+      // [d, unused, c] (141), [b, a] (1040).
+      train::DataParallelTrainer trainer(&comm, p, {}, {.bucket_mb = 0.0004});
+      buckets[size_t(rank)] = trainer.bucket_count();
+      for (int step = 0; step < 2; ++step) {  // the second step reuses the buckets
+        trainer.zero_grad();
+        Tensor loss = dp_loss(p, dp_input(rank));
+        loss.backward();
+        trainer.finish_gradients();
+      }
+      for (auto& [name, t] : p) got[size_t(rank)].push_back(t.grad().to_vector());
+    });
+    for (int r = 0; r < world; ++r) {
+      EXPECT_EQ(buckets[size_t(r)], 2);
+      ASSERT_EQ(got[size_t(r)].size(), 5u);
+      for (size_t i = 0; i < 5; ++i) {
+        SCOPED_TRACE(fmt::format("rank {} parameter {}", r, i));
+        if (i == 3) {  // "unused": no rank has a gradient, so the average is zero
+          EXPECT_EQ(got[size_t(r)][i], std::vector<double>(5, 0.0));
+          continue;
+        }
+        // The host backend sums in rank order in float, then divides by the world size.
+        std::vector<double> expected(per_rank[0][i].size());
+        for (size_t e = 0; e < expected.size(); ++e) {
+          float sum = float(per_rank[0][i][e]);
+          for (int q = 1; q < world; ++q) sum += float(per_rank[size_t(q)][i][e]);
+          expected[e] = sum / float(world);
+        }
+        EXPECT_EQ(got[size_t(r)][i], expected);
+        EXPECT_NE(per_rank[0][i], per_rank[1][i]);  // the ranks really had different gradients
+      }
+    }
+  }
+}
+
+TEST(DataParallel, ShardedOptimizerStepsLikeTheReplicatedOne) {
+  std::vector<std::vector<std::vector<double>>> params(4);  // [variant * 2 + rank] -> values
+  std::vector<std::map<std::string, std::vector<double>>> states(4);
+  std::vector<std::vector<int>> owners(2);
+  for (bool sharded : {false, true}) {
+    run_host_ranks(2, [&](int rank, dist::Communicator& comm) {
+      layers::NamedTensors p = dp_params();
+      train::DataParallelTrainer trainer(&comm, p, {.lr = 1e-2, .weight_decay = 0.1},
+                                         {.bucket_mb = 0.002, .shard_optimizer = sharded});
+      for (int step = 0; step < 3; ++step) {
+        trainer.zero_grad();
+        dp_loss(p, dp_input(rank + 10 * step)).backward();
+        trainer.finish_gradients();
+        trainer.step(1e-2);
+      }
+      const size_t k = size_t(sharded) * 2 + size_t(rank);
+      for (auto& [name, t] : p) params[k].push_back(t.to_vector());
+      for (const auto& [name, t] : trainer.optimizer_state()) states[k][name] = t.to_vector();
+      if (sharded && rank == 0)
+        for (auto& [name, t] : p) owners[0].push_back(trainer.owner(name));
+    });
+  }
+  for (size_t k = 1; k < 4; ++k) {
+    EXPECT_EQ(params[k], params[0]) << k;
+    EXPECT_EQ(states[k], states[0]) << k;
+  }
+  EXPECT_EQ(states[0].size(), 2 * 5 + 1u);
+  // Largest first to the least-loaded rank: a (1024) -> 0, c (128) -> 1, b (16) -> 1, d (8) -> 1, unused (5) -> 1.
+  EXPECT_EQ(owners[0], (std::vector<int>{0, 1, 1, 1, 1}));
+}
+
+TEST(DataParallel, OneProcessIsPlainAdamW) {
+  layers::NamedTensors p = dp_params(), q = dp_params();
+  train::DataParallelTrainer trainer(nullptr, p, {.lr = 1e-2}, {});
+  layers::NamedTensors q_used;
+  for (auto& e : q) q_used.push_back(e);
+  train::AdamW adam(q_used, {.lr = 1e-2});
+  for (int step = 0; step < 3; ++step) {
+    trainer.zero_grad();
+    adam.zero_grad();
+    dp_loss(p, dp_input(step)).backward();
+    dp_loss(q, dp_input(step)).backward();
+    trainer.finish_gradients();
+    trainer.step(1e-2);
+    adam.step(1e-2);
+  }
+  EXPECT_EQ(trainer.bucket_count(), 0);
+  for (size_t i = 0; i < p.size(); ++i) EXPECT_EQ(p[i].second.to_vector(), q[i].second.to_vector()) << p[i].first;
+  EXPECT_EQ(trainer.average(2.5), 2.5);
+}
+
+TEST(DataParallel, LoadsAFullStateFromAnyWorldSize) {
+  // A state saved by one process loads on two sharded ranks, each keeping its own share,
+  // and gathers back to the same full state.
+  layers::NamedTensors p = dp_params();
+  train::DataParallelTrainer single(nullptr, p, {.lr = 1e-2}, {});
+  dp_loss(p, dp_input(0)).backward();
+  single.step(1e-2);
+  std::map<std::string, std::vector<double>> saved;
+  const std::map<std::string, Tensor> state = single.optimizer_state();
+  for (const auto& [name, t] : state) saved[name] = t.to_vector();
+  std::vector<std::map<std::string, std::vector<double>>> back(2);
+  run_host_ranks(2, [&](int rank, dist::Communicator& comm) {
+    layers::NamedTensors r = dp_params();
+    train::DataParallelTrainer trainer(&comm, r, {.lr = 1e-2}, {.shard_optimizer = true});
+    trainer.load_optimizer_state(state);
+    for (const auto& [name, t] : trainer.optimizer_state()) back[size_t(rank)][name] = t.to_vector();
+  });
+  EXPECT_EQ(back[0], saved);
+  EXPECT_EQ(back[1], saved);
+  std::map<std::string, Tensor> missing = state;
+  missing.erase("adam.v.c");
+  train::DataParallelTrainer other(nullptr, dp_params(), {}, {});
+  expect_contains(error_message([&] { other.load_optimizer_state(missing); }), {"missing 'adam.v.c'"});
+}
 
 }  // namespace
 }  // namespace rehyat

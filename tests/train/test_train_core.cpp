@@ -322,6 +322,29 @@ TEST(FlowMatching, DeterministicInSeedAndStep) {
   EXPECT_NE(draw(7, 3), draw(8, 3));
 }
 
+// Data-parallel ranks (first = rank, stride = world) draw exactly the rows of the
+// one-process batch they hold.
+TEST(FlowMatching, RankSlicesDrawTheirRowsOfTheGlobalBatch) {
+  const Tensor x0 = Tensor::randn({6, 3, 2, 4, 4}, 21);
+  const FlowMatchingBatch whole = make_flow_matching_batch(x0, 13, 9, {});
+  for (int64_t world : {2, 3}) {
+    for (int64_t rank = 0; rank < world; ++rank) {
+      std::vector<Tensor> rows;
+      for (int64_t i = rank; i < 6; i += world) rows.push_back(x0.select(0, i).unsqueeze(0));
+      const FlowMatchingBatch part = make_flow_matching_batch(concat(rows, 0), 13, 9, {}, {rank, world});
+      for (int64_t j = 0; j < int64_t(rows.size()); ++j) {
+        const int64_t i = rank + j * world;
+        EXPECT_EQ(values(part.noisy.select(0, j)), values(whole.noisy.select(0, i))) << world << " " << rank;
+        EXPECT_EQ(values(part.target.select(0, j)), values(whole.target.select(0, i)));
+        EXPECT_EQ(values(part.sigma)[size_t(j)], values(whole.sigma)[size_t(i)]);
+      }
+    }
+  }
+  // A contiguous slice (stride 1) too: the batch's second half.
+  const FlowMatchingBatch tail = make_flow_matching_batch(x0.slice(0, 3, 6), 13, 9, {}, {3, 1});
+  EXPECT_EQ(values(tail.noisy), values(whole.noisy.slice(0, 3, 6)));
+}
+
 TEST(FlowMatching, CudaMatchesCpuBitForBit) {
   SKIP_WITHOUT_CUDA("flow matching on CUDA");
   const Tensor x0 = Tensor::randn({3, 3, 5, 8, 8}, 4);
