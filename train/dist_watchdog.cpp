@@ -156,6 +156,13 @@ void CollectiveWatchdog::fail(const std::string& message) {
 }
 
 void CollectiveWatchdog::check() {
+  {
+    // A failure being recorded (the abort already done, the message still being put
+    // together -- asking the other ranks takes seconds): wait for its message, so the
+    // caller reports the cause rather than a closed communicator.
+    std::unique_lock<std::mutex> lock(mutex_);
+    if (failing_) changed_.wait(lock, [&] { return !failure_.empty(); });
+  }
   if (failed()) throw_failure();
   const Diagnosis d = diagnose(nullptr, {});
   if (d.problem != Problem::None) throw Error(set_failure(d, false));

@@ -572,6 +572,26 @@ TEST(Watchdog, TimeoutAbortsAndNamesTheCollective) {
   EXPECT_EQ(backend.aborts.load(), 1);
 }
 
+// The abort wakes the caller (its stream sync returns) while the watchdog thread still asks
+// the other ranks who hung: check() then waits for that message instead of letting the
+// caller report a closed communicator (seen on 2 H200s with a SIGSTOPped rank).
+TEST(Watchdog, CheckDuringTheStragglerQueryWaitsForTheMessage) {
+  FakeBackend backend;
+  std::atomic<bool> aborted{false};
+  CollectiveWatchdog::Hooks hooks = backend.hooks();
+  hooks.abort = [&] { aborted = true; };
+  hooks.stragglers = [] {
+    std::this_thread::sleep_for(300ms);
+    return std::string("rank 1 did not report this timeout");
+  };
+  CollectiveWatchdog w(0, watchdog_options(0.1, /*thread=*/true), std::move(hooks));
+  // Like an NCCL kernel, the collective "finishes" once aborted.
+  w.track("all_reduce of f32[8] (#3)", [&] { return aborted.load(); });
+  while (!aborted) std::this_thread::sleep_for(1ms);
+  expect_contains(error_message([&] { w.check(); }),
+                  {"all_reduce of f32[8] (#3) did not finish", "rank 1 did not report this timeout"});
+}
+
 TEST(Watchdog, LostPeerFailsAtOnce) {
   FakeBackend backend;
   CollectiveWatchdog w(0, watchdog_options(60), backend.hooks());
