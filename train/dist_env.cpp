@@ -187,6 +187,9 @@ DistEnv detect_dist_env(const EnvLookup& lookup) {
       }
     }
     if (env.master_addr.empty()) env.master_addr = get(lookup, "SLURM_LAUNCH_NODE_IPADDR").value_or("");
+  } else if (env.source == "openmpi" && env.rendezvous_file.empty() &&
+             get(lookup, "OMPI_COMM_WORLD_LOCAL_SIZE") == get(lookup, "OMPI_COMM_WORLD_SIZE")) {
+    env.master_addr = "127.0.0.1";  // every rank on this node (mpirun -np N on one machine)
   }
   REHYAT_CHECK(env.world_size == 1 || !env.master_addr.empty() || !env.rendezvous_file.empty(),
                "rank {} of {} (from {}): MASTER_ADDR is not set and neither is REHYAT_RENDEZVOUS_FILE: set "

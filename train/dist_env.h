@@ -19,6 +19,9 @@
 //   of SLURM_STEP_NODELIST, SLURM_JOB_NODELIST or SLURM_NODELIST (task 0 runs there under
 //   Slurm's default block distribution), else SLURM_LAUNCH_NODE_IPADDR (the node srun ran
 //   on, which is not rank 0's node when srun runs on a login node -- hence second).
+//   Open MPI without MASTER_ADDR: 127.0.0.1 when every rank is on this node
+//   (OMPI_COMM_WORLD_LOCAL_SIZE equals OMPI_COMM_WORLD_SIZE), so `mpirun -np N rehyat ...`
+//   needs nothing more on one machine.
 //   MASTER_PORT, default 29500.
 //   REHYAT_RENDEZVOUS_FILE=/shared/path: rank 0 publishes its address there instead and
 //   MASTER_ADDR becomes optional (it then names the address rank 0 publishes).

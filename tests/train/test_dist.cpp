@@ -100,6 +100,20 @@ TEST(DistEnv, OpenMpi) {
   EXPECT_EQ(env.master_addr, "10.0.0.1");
 }
 
+TEST(DistEnv, OpenMpiOnOneNodeNeedsNoMasterAddress) {
+  const DistEnv env = dist::detect_dist_env(lookup_of({{"OMPI_COMM_WORLD_RANK", "1"},
+                                                       {"OMPI_COMM_WORLD_SIZE", "2"},
+                                                       {"OMPI_COMM_WORLD_LOCAL_SIZE", "2"}}));
+  EXPECT_EQ(env.master_addr, "127.0.0.1");
+  // Across nodes rank 0's host is unknown: the usual error.
+  expect_contains(error_message([] {
+                    dist::detect_dist_env(lookup_of({{"OMPI_COMM_WORLD_RANK", "1"},
+                                                     {"OMPI_COMM_WORLD_SIZE", "4"},
+                                                     {"OMPI_COMM_WORLD_LOCAL_SIZE", "2"}}));
+                  }),
+                  {"MASTER_ADDR is not set"});
+}
+
 TEST(DistEnv, PmiMpich) {
   const DistEnv env = dist::detect_dist_env(lookup_of(
       {{"PMI_RANK", "1"}, {"PMI_SIZE", "2"}, {"MPI_LOCALRANKID", "1"}, {"REHYAT_RENDEZVOUS_FILE", "/shared/x"}}));
