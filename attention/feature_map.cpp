@@ -9,6 +9,7 @@
 #include "autograd/graph.h"
 #include "autograd/ops.h"
 #include "core/check.h"
+#include "core/ops/matmul.h"
 
 namespace rehyat::attention {
 
@@ -132,6 +133,9 @@ Tensor FeatureMap::forward(const Tensor& x) const {
   REHYAT_CHECK(is_floating(x.dtype()), "feature map: input {} is not a float tensor", x.str());
   const DType high = x.dtype() == DType::F64 ? DType::F64 : DType::F32;
   const int64_t B = x.size(0), N = x.size(1);
+  // A bf16 / f16 model: the products may use TF32 (10-bit inputs, fp32 sums and outputs),
+  // still finer than the compute dtype; f32 / f64 models keep exact products.
+  const kernels::Tf32Scope tf32(x.dtype() == DType::BF16 || x.dtype() == DType::F16);
   // Heads become the batch of two matmuls: [H, B*N, d] @ [H, d, h] @ [H, h, Dp].
   const Tensor xh = layers::cast(x, high).permute({2, 0, 1, 3}).reshape({H, B * N, d});
   Tensor hidden = matmul(xh, layers::cast(weight1, high).transpose(1, 2)) +
