@@ -12,6 +12,7 @@ code runs over NCCL on GPUs; see the README's multi-GPU section).
 - Block-parallel distillation writes bit-identically what one process writes; with more
   ranks than blocks each block trains data-parallel.
 - A rank killed mid-training makes the other exit non-zero, naming it, within the timeout.
+- The whole pipeline runs under the launcher (cache, sample and eval on rank 0).
 The binary comes from $REHYAT_BIN (set by ctest).
 """
 import json
@@ -215,3 +216,15 @@ def test_a_killed_rank_stops_the_training(rehyat_bin, tmp_path):
     assert procs[0].returncode != 0
     assert time.monotonic() - start < 20, "rank 0 did not stop within the timeout"
     assert "rank 1" in err and "went away" in err, err[-3000:]
+
+
+def test_whole_pipeline_under_the_launcher(rehyat_bin, tmp_path):
+    """`rehyat launch -- run`: cache, sample and eval run on rank 0 while rank 1 waits."""
+    result = run(rehyat_bin, "run", QUICKSTART, f"run.out_dir={tmp_path}", *TINY, "finetune.steps=4",
+                 "finetune.batch=2", ranks=2)
+    folder = tmp_path / "quickstart"
+    stages = json.loads((folder / "stages.json").read_text())
+    assert set(stages) == {"teacher", "cache", "distill", "finetune", "sample", "eval"}
+    assert "![finetune samples](samples/finetune/grid.png)" in (folder / "report.md").read_text()
+    assert "distill: 2 blocks spread over 2 ranks" in result.stderr
+    assert "[rank 1]" in result.stderr and "rehyat launch: all 2 ranks finished" in result.stderr
