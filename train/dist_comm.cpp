@@ -351,6 +351,19 @@ std::function<bool()> finished_probe(const Impl& m, std::shared_ptr<Event> done)
   };
 }
 
+// After NCCL enqueued `what` on the communication stream: the CommWork that waits for it
+// (an event after it, watched by the watchdog) and keeps its tensors alive until then.
+CommWork enqueued(Impl& m, const std::string& what, std::vector<Tensor> tensors) {
+  wait_for_nccl(m, what);
+  auto state = std::make_unique<CommWork::State>();
+  state->keep_alive = std::move(tensors);
+  state->done = std::make_shared<Event>();
+  state->compute = m.compute;
+  CUDA_CHECK(cudaEventRecord(state->done->event, m.comm_stream));
+  m.watchdog->track(what, finished_probe(m, state->done));
+  return CommWork(std::move(state));
+}
+
 // Runs one NCCL call on the communication stream, ordered after the compute stream.
 template <typename Call>
 CommWork launch(Impl& m, const std::string& what, std::vector<Tensor> tensors, Call&& call) {
@@ -373,14 +386,7 @@ CommWork launch(Impl& m, const std::string& what, std::vector<Tensor> tensors, C
     for (Tensor& t : tensors) m.group_tensors.push_back(std::move(t));
     return CommWork();
   }
-  wait_for_nccl(m, what);
-  auto state = std::make_unique<CommWork::State>();
-  state->keep_alive = std::move(tensors);
-  state->done = std::make_shared<Event>();
-  state->compute = m.compute;
-  CUDA_CHECK(cudaEventRecord(state->done->event, m.comm_stream));
-  m.watchdog->track(what, finished_probe(m, state->done));
-  return CommWork(std::move(state));
+  return enqueued(m, what, std::move(tensors));
 }
 
 }  // namespace
@@ -754,14 +760,7 @@ CommWork Communicator::group_end() {
                           m.comm ? ncclGetLastError(m.comm) : "");
   }
   if (!error.empty()) m.watchdog->fail(error);
-  wait_for_nccl(m, what);
-  auto state = std::make_unique<CommWork::State>();
-  state->keep_alive = std::move(tensors);
-  state->done = std::make_shared<Event>();
-  state->compute = m.compute;
-  CUDA_CHECK(cudaEventRecord(state->done->event, m.comm_stream));
-  m.watchdog->track(what, finished_probe(m, state->done));
-  return CommWork(std::move(state));
+  return enqueued(m, what, std::move(tensors));
 #else
   return CommWork();
 #endif
