@@ -135,7 +135,11 @@ std::optional<int64_t> collapsed_batch_stride(const Tensor& t) {
 
 void matmul(Tensor& c, const Tensor& a_in, const Tensor& b_in, double alpha, double beta) {
   check_same_device("matmul", c, {&a_in, &b_in});
-  check_same_dtype("matmul", c, {&a_in, &b_in});
+  check_same_dtype("matmul", a_in, {&b_in});
+  const bool widening = c.dtype() == DType::F32 && (a_in.dtype() == DType::BF16 || a_in.dtype() == DType::F16);
+  REHYAT_CHECK(a_in.dtype() == c.dtype() || widening,
+               "matmul: {} @ {} -> {}: the output dtype must be the operands' (or f32 for bf16 / f16 operands)",
+               a_in.str(), b_in.str(), c.str());
   REHYAT_CHECK(is_floating(c.dtype()), "matmul: needs floating tensors, got {}", c.str());
   REHYAT_CHECK(a_in.dim() >= 2 && b_in.dim() >= 2 && c.dim() >= 2, "matmul: operands need 2+ dims ({} @ {} -> {})",
                a_in.str(), b_in.str(), c.str());
@@ -151,6 +155,10 @@ void matmul(Tensor& c, const Tensor& a_in, const Tensor& b_in, double alpha, dou
   }
   Tensor a = prepare_operand(a_in), b = prepare_operand(b_in);
   REHYAT_ROUTE_CUDA(c, cuda::matmul(c, a, b, alpha, beta));
+  if (widening) {  // CPU: the f32 product of the (exactly widened) operands
+    matmul(c, a.to(DType::F32), b.to(DType::F32), alpha, beta);
+    return;
+  }
 
   const int64_t batches = shape_numel(batch);
   const int64_t sa = *collapsed_batch_stride(a), sb = *collapsed_batch_stride(b);

@@ -14,6 +14,8 @@
 // matrices sit back to back row-major (x [B, L, D] @ w), the batch folds into the rows
 // of one large product, which cuBLAS runs faster than a strided batch.
 //
+// An f32 c with bf16 / f16 operands is the wide-output product (fp32 results of a
+// low-precision product, e.g. weight gradients): cuBLASLt takes the c layout's own type.
 // bf16 / f16 / f32 go through cublasLtMatmul with CUBLAS_COMPUTE_32F and an f32 scale
 // (f32 stays exact fp32: no TF32). The matmul descriptor, the three layouts and the
 // heuristic's algorithm are cached per problem key (dtype, device, shapes, leading dims,
@@ -96,7 +98,8 @@ cudaDataType_t blas_dtype(DType d) {
 // "second" the a side (cuBLAS's B); m, n, k are cuBLAS's (n, m, k of rehyat).
 struct LtKey {
   int device = 0;
-  DType dtype = DType::F32;
+  DType dtype = DType::F32;          // c's
+  DType operand_dtype = DType::F32;  // a's and b's: c's, or bf16 / f16 with an f32 c
   cublasOperation_t op_first = CUBLAS_OP_N, op_second = CUBLAS_OP_N;
   int64_t m = 0, n = 0, k = 0;
   int64_t ld_first = 0, ld_second = 0;
@@ -111,7 +114,7 @@ struct LtKeyHash {
     size_t h = 0;
     auto mix = [&h](uint64_t v) { h ^= std::hash<uint64_t>{}(v) + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2); };
     mix(uint64_t(key.device));
-    mix(uint64_t(key.dtype));
+    mix(uint64_t(key.dtype) << 8 | uint64_t(key.operand_dtype));
     mix(uint64_t(key.op_first) << 8 | uint64_t(key.op_second));
     for (int64_t v : {key.m, key.n, key.k, key.ld_first, key.ld_second, key.batch, key.stride_first,
                       key.stride_second})
@@ -127,7 +130,7 @@ struct LtKeyHash {
 class LtPlan {
  public:
   LtPlan(const LtKey& key, cublasLtHandle_t handle, size_t workspace_bytes) {
-    const cudaDataType_t type = blas_dtype(key.dtype);
+    const cudaDataType_t type = blas_dtype(key.operand_dtype), c_type = blas_dtype(key.dtype);
     CUBLAS_CHECK(cublasLtMatmulDescCreate(&desc_, key.tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F,
                                           CUDA_R_32F));
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc_, CUBLASLT_MATMUL_DESC_TRANSA, &key.op_first,
@@ -140,7 +143,7 @@ class LtPlan {
                          key.stride_first);
     second_ = make_layout(type, second_n ? key.k : key.n, second_n ? key.n : key.k, key.ld_second, key.batch,
                           key.stride_second);
-    c_ = make_layout(type, key.m, key.n, key.m, key.batch, key.m * key.n);
+    c_ = make_layout(c_type, key.m, key.n, key.m, key.batch, key.m * key.n);
 
     cublasLtMatmulPreference_t pref = nullptr;
     CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
@@ -161,8 +164,8 @@ class LtPlan {
         cublasLtMatmulAlgoGetHeuristic(handle, desc_, first_, second_, c_, c_, pref, 1, &result, &found);
     cublasLtMatmulPreferenceDestroy(pref);
     CUBLAS_CHECK(status);
-    REHYAT_CHECK(found > 0, "matmul: cuBLASLt has no algorithm for {} m={} n={} k={} batch={} (cuBLAS terms)",
-                 dtype_name(key.dtype), key.m, key.n, key.k, key.batch);
+    REHYAT_CHECK(found > 0, "matmul: cuBLASLt has no algorithm for {} -> {} m={} n={} k={} batch={} (cuBLAS terms)",
+                 dtype_name(key.operand_dtype), dtype_name(key.dtype), key.m, key.n, key.k, key.batch);
     algo_ = result.algo;
   }
   LtPlan(const LtPlan&) = delete;
@@ -221,8 +224,8 @@ void scale_output(Tensor& c, double beta) {
 
 void matmul(Tensor& c, const Tensor& a, const Tensor& b, double alpha, double beta) {
   REHYAT_CHECK(c.is_contiguous(), "matmul: output {} must be contiguous", c.str());
-  REHYAT_CHECK(a.dtype() == c.dtype() && b.dtype() == c.dtype(), "matmul: dtypes of {} @ {} -> {} differ", a.str(),
-               b.str(), c.str());
+  REHYAT_CHECK(a.dtype() == b.dtype() && (a.dtype() == c.dtype() || (c.dtype() == DType::F32 && a.dtype() != DType::F64)),
+               "matmul: dtypes of {} @ {} -> {} do not combine", a.str(), b.str(), c.str());
   if (c.numel() == 0) return;
   const int64_t m = c.size(-2), n = c.size(-1), k = a.size(-1);
   if (k == 0) {
@@ -241,7 +244,7 @@ void matmul(Tensor& c, const Tensor& a, const Tensor& b, double alpha, double be
     blas_batch = 1;
   }
   const int64_t c_stride = blas_batch > 1 ? m * n : 0;
-  const size_t elem = dtype_size(c.dtype());
+  const size_t elem = dtype_size(a.dtype()), c_elem = dtype_size(c.dtype());
   DeviceContext& ctx = rehyat::cuda::context(c.device());
 
   if (c.dtype() == DType::F64) {
@@ -258,6 +261,7 @@ void matmul(Tensor& c, const Tensor& a, const Tensor& b, double alpha, double be
   LtKey key;
   key.device = c.device().index;
   key.dtype = c.dtype();
+  key.operand_dtype = a.dtype();
   key.op_first = first.op;
   key.op_second = second.op;
   key.m = n;
@@ -270,8 +274,8 @@ void matmul(Tensor& c, const Tensor& a, const Tensor& b, double alpha, double be
   key.stride_second = blas_batch > 1 ? second.batch_stride : 0;
   key.align_first = alignment_bytes(b.data_ptr(), key.stride_first * int64_t(elem));
   key.align_second = alignment_bytes(a.data_ptr(), key.stride_second * int64_t(elem));
-  key.align_c = alignment_bytes(c.data_ptr(), c_stride * int64_t(elem));
-  key.tf32 = c.dtype() == DType::F32 && tf32_matmul();
+  key.align_c = alignment_bytes(c.data_ptr(), c_stride * int64_t(c_elem));
+  key.tf32 = a.dtype() == DType::F32 && tf32_matmul();
   lt_plan(key, ctx).run(ctx, float(alpha), float(beta), b.data_ptr(), a.data_ptr(), c.data_ptr());
 }
 

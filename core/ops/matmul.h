@@ -4,7 +4,9 @@
 // a: [..., m, k], b: [..., k, n], c: [..., m, n] contiguous. The batch dims of a and b
 // either match c's or are absent (broadcast). The two inner dims of a and b may be
 // row-major or column-major (a transposed view costs no copy: it becomes a cuBLAS
-// transpose flag); anything else is made contiguous first. bf16/f16 inputs accumulate
+// transpose flag); anything else is made contiguous first. a and b share a dtype, which is
+// c's, or bf16 / f16 with an f32 c (the fp32 result of a low-precision product: weight
+// gradients of bf16 layers; the CPU widens the operands exactly). bf16/f16 inputs accumulate
 // in fp32; f32 uses fp32 (no TF32) unless a Tf32Scope allows TF32 on this thread; f64
 // uses cublasDgemmStridedBatched.
 #pragma once

@@ -193,6 +193,35 @@ TEST(Matmul, CpuBlasMatchesLoop) {
   }
 }
 
+// Wide-output products: bf16 / f16 operands with an f32 c (weight gradients of bf16
+// layers) equal the f32 product of the widened operands -- exactly on the CPU, to fp32
+// summation order on CUDA -- batched, with a transposed operand; other mixes are refused.
+TEST(Matmul, LowPrecisionOperandsIntoAnF32Output) {
+  for (Device device : {Device::cpu(), Device::cuda(0)}) {
+    if (device.is_cuda() && !cuda_available()) {
+      std::printf("no CUDA device: the CUDA case of LowPrecisionOperandsIntoAnF32Output is not run\n");
+      continue;
+    }
+    for (DType low : {DType::BF16, DType::F16}) {
+      const Tensor a = Tensor::randn({3, 40, 72}, 41, 0, DType::F32, device).to(low);
+      const Tensor b = Tensor::randn({3, 24, 72}, 42, 0, DType::F32, device).to(low).transpose(1, 2);  // [3, 72, 24]
+      Tensor wide = Tensor::randn({3, 40, 24}, 43, 0, DType::F32, device);
+      Tensor want = wide.clone();
+      kernels::matmul(wide, a, b, 0.5, 1.0);
+      kernels::matmul(want, a.to(DType::F32), b.to(DType::F32), 0.5, 1.0);
+      const std::vector<double> x = wide.to_vector(), y = want.to_vector();
+      const double tol = device.is_cuda() ? 1e-5 : 0.0;
+      for (size_t i = 0; i < x.size(); ++i)
+        ASSERT_NEAR(x[i], y[i], tol * (1 + std::abs(y[i]))) << device.str() << " " << dtype_name(low) << " " << i;
+    }
+    Tensor f64 = Tensor::empty({2, 2}, DType::F64, device), f16 = Tensor::empty({2, 2}, DType::F16, device);
+    const Tensor x32 = Tensor::randn({2, 2}, 44, 0, DType::F32, device);
+    EXPECT_THROW(kernels::matmul(f64, x32, x32), Error);                 // f32 operands, f64 output
+    EXPECT_THROW(kernels::matmul(f16, x32, x32), Error);                 // narrowing output
+    EXPECT_THROW(kernels::matmul(f64, x32.to(DType::BF16), x32), Error);  // operands differ
+  }
+}
+
 // TF32 products (kernels::Tf32Scope): CPU products ignore it; on CUDA an f32 product in
 // the scope differs from the exact one by TF32 rounding only, and so does the backward of a
 // product recorded in the scope (the autograd matmul keeps the setting for its backward).
