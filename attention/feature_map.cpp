@@ -1,4 +1,5 @@
-// The ReHyAt feature map: per-head MLP from autograd primitives, and its initialization.
+// The ReHyAt feature map: the fused autograd op (two batched products around the fused maps
+// of attention/feature_map_kernels.h), its composite reference, and its initialization.
 #include "attention/feature_map.h"
 
 #include <cmath>
@@ -6,9 +7,11 @@
 
 #include <fmt/format.h>
 
+#include "attention/feature_map_kernels.h"
 #include "autograd/graph.h"
 #include "autograd/ops.h"
 #include "core/check.h"
+#include "core/ops/elementwise.h"
 #include "core/ops/matmul.h"
 
 namespace rehyat::attention {
@@ -125,17 +128,99 @@ Tensor FeatureMap::split_powers(const Tensor& psi, int64_t degree) {
   return concat(parts, -1);
 }
 
+namespace {
+
+// The tensors the backward of one feature-map call needs (detached).
+struct FeatureMapSaved {
+  Tensor xh;      // [H, R, d] the input per head (a view of x in the product dtype)
+  Tensor a1, g;   // [H, R, h] first product, act(a1 + b1)
+  Tensor a2;      // [H, R, Dp] second product
+  Tensor w1, w2;  // [H, h, d], [H, Dp, h] in the product dtype
+  Tensor b1, b2;  // [H, h], [H, Dp] in the high dtype
+};
+
+// Parameter `p` in dtype `dtype` (detached; the tensor itself when it already is).
+Tensor as_dtype(const Tensor& p, DType dtype) { return p.dtype() == dtype ? p.detach() : p.detach().to(dtype); }
+
+// Gradient `grad` in dtype `dtype` (the input's).
+Tensor grad_as(const Tensor& grad, DType dtype) { return grad.dtype() == dtype ? grad : grad.to(dtype); }
+
+}  // namespace
+
 Tensor FeatureMap::forward(const Tensor& x) const {
+  const int64_t H = options_.heads, d = options_.head_dim, h = options_.hidden(), dp = options_.features();
+  check_input(x);
+  const int64_t B = x.size(0), N = x.size(1), R = B * N;
+  const DType high = x.dtype() == DType::F64 ? DType::F64 : DType::F32;
+  // The products run in the compute dtype of a bf16 / f16 model on CUDA (tensor cores, fp32
+  // sums), else in the high dtype; the maps around them always compute in fp32 / fp64.
+  const bool low = x.dtype() == DType::BF16 || x.dtype() == DType::F16;
+  const DType product = low && x.device().is_cuda() ? x.dtype() : high;
+  const Device device = x.device();
+
+  FeatureMapSaved s;
+  // [B, N, H, d] -> [H, B*N, d]: a strided view (row stride H*d) when x allows it.
+  s.xh = as_dtype(x, product).permute({2, 0, 1, 3}).reshape({H, R, d});
+  s.w1 = as_dtype(weight1, product);
+  s.w2 = as_dtype(weight2, product);
+  s.b1 = as_dtype(bias1, high);
+  s.b2 = as_dtype(bias2, high);
+  s.a1 = Tensor::empty({H, R, h}, product, device);
+  rehyat::kernels::matmul(s.a1, s.xh, s.w1.transpose(1, 2));
+  s.g = Tensor::empty({H, R, h}, product, device);
+  kernels::phi_hidden_forward(s.g, s.a1, s.b1, options_.activation);
+  s.a2 = Tensor::empty({H, R, dp}, product, device);
+  rehyat::kernels::matmul(s.a2, s.g, s.w2.transpose(1, 2));
+  Tensor phi = Tensor::empty({B, N, H, dp}, high, device);
+  kernels::phi_features_forward(phi, s.a2, s.b2, options_.degree);
+
+  if (autograd::should_record({&x, &weight1, &bias1, &weight2, &bias2})) {
+    const FeatureMapOptions o = options_;
+    autograd::record("feature_map", phi, {x, weight1, bias1, weight2, bias2},
+                     [s, o, B, N](const Tensor& grad, const Node& node) {
+                       const int64_t H = o.heads, d = o.head_dim, h = o.hidden(), dp = o.features(), R = B * N;
+                       const DType product = s.a1.dtype(), high = s.b1.dtype();
+                       const Device device = s.a1.device();
+                       std::vector<Tensor> grads(5);
+                       const Tensor dphi = grad_as(grad, high).contiguous();
+                       Tensor dz = Tensor::empty({H, R, dp}, product, device);
+                       Tensor db2 = Tensor::empty({H, dp}, high, device);
+                       kernels::phi_features_backward(dz, db2, dphi, s.a2, s.b2, o.degree);
+                       if (node.needs_grad(3)) {
+                         Tensor dw2 = Tensor::empty({H, dp, h}, high, device);
+                         rehyat::kernels::matmul(dw2, dz.transpose(1, 2), s.g);
+                         grads[3] = grad_as(dw2, node.input_dtypes[3]);
+                       }
+                       if (node.needs_grad(4)) grads[4] = grad_as(db2, node.input_dtypes[4]);
+                       if (!node.needs_grad(0) && !node.needs_grad(1) && !node.needs_grad(2)) return grads;
+                       Tensor du = Tensor::empty({H, R, h}, product, device);
+                       rehyat::kernels::matmul(du, dz, s.w2);
+                       Tensor db1 = Tensor::empty({H, h}, high, device);
+                       kernels::phi_hidden_backward(du, db1, du, s.a1, s.b1, o.activation);
+                       if (node.needs_grad(1)) {
+                         Tensor dw1 = Tensor::empty({H, h, d}, high, device);
+                         rehyat::kernels::matmul(dw1, du.transpose(1, 2), s.xh);
+                         grads[1] = grad_as(dw1, node.input_dtypes[1]);
+                       }
+                       if (node.needs_grad(2)) grads[2] = grad_as(db1, node.input_dtypes[2]);
+                       if (node.needs_grad(0)) {
+                         Tensor dxh = Tensor::empty({H, R, d}, product, device);
+                         rehyat::kernels::matmul(dxh, du, s.w1);
+                         Tensor dx = Tensor::empty({B, N, H, d}, node.input_dtypes[0], device);
+                         rehyat::kernels::copy(dx, dxh.view({H, B, N, d}).permute({1, 2, 0, 3}));
+                         grads[0] = dx;
+                       }
+                       return grads;
+                     });
+  }
+  return phi;
+}
+
+Tensor FeatureMap::forward_composite(const Tensor& x) const {
   const int64_t H = options_.heads, d = options_.head_dim;
-  REHYAT_CHECK(weight1.defined(), "feature map: not initialized");
-  REHYAT_CHECK(x.dim() == 4 && x.size(2) == H && x.size(3) == d, "feature map: input {} is not [B, N, H={}, d={}]",
-               x.str(), H, d);
-  REHYAT_CHECK(is_floating(x.dtype()), "feature map: input {} is not a float tensor", x.str());
+  check_input(x);
   const DType high = x.dtype() == DType::F64 ? DType::F64 : DType::F32;
   const int64_t B = x.size(0), N = x.size(1);
-  // A bf16 / f16 model: the products may use TF32 (10-bit inputs, fp32 sums and outputs),
-  // still finer than the compute dtype; f32 / f64 models keep exact products.
-  const kernels::Tf32Scope tf32(x.dtype() == DType::BF16 || x.dtype() == DType::F16);
   // Heads become the batch of two matmuls: [H, B*N, d] @ [H, d, h] @ [H, h, Dp].
   const Tensor xh = layers::cast(x, high).permute({2, 0, 1, 3}).reshape({H, B * N, d});
   Tensor hidden = matmul(xh, layers::cast(weight1, high).transpose(1, 2)) +
@@ -149,6 +234,14 @@ Tensor FeatureMap::forward(const Tensor& x) const {
                      layers::cast(bias2, high).unsqueeze(1);  // [H, B*N, Dp]
   const Tensor phi = split_powers(softplus(pre), options_.degree);  // [H, B*N, Dp]
   return phi.reshape({H, B, N, phi.size(-1)}).permute({1, 2, 0, 3}).contiguous();  // [B, N, H, Dp]
+}
+
+void FeatureMap::check_input(const Tensor& x) const {
+  const int64_t H = options_.heads, d = options_.head_dim;
+  REHYAT_CHECK(weight1.defined(), "feature map: not initialized");
+  REHYAT_CHECK(x.dim() == 4 && x.size(2) == H && x.size(3) == d, "feature map: input {} is not [B, N, H={}, d={}]",
+               x.str(), H, d);
+  REHYAT_CHECK(is_floating(x.dtype()), "feature map: input {} is not a float tensor", x.str());
 }
 
 void FeatureMap::collect(const std::string& prefix, layers::NamedTensors& out) const {

@@ -7,12 +7,15 @@
 // act is GELU (tanh form, the default), ReLU or none. Defaults h = Dp = 2d, P = 2; P ∈ {1,
 // 2, 3}, Dp divisible by P. Weights are stored per head, nn.Sequential-style:
 // `<prefix>.0.weight [H, h, d]`, `.0.bias [H, h]`, `.2.weight [H, Dp, h]`, `.2.bias [H, Dp]`.
-// The forward is composed from autograd primitives (heads as the batch of a matmul), so it
-// runs on CPU and CUDA and its gradients come for free; it runs in the high dtype (f32, or
-// f64 for f64 inputs), whatever the compute dtype of x, because φ feeds sums over many keys.
-// For bf16 / f16 inputs its two products (and their gradients) run on TF32 tensor cores on
-// CUDA (core/ops/matmul.h Tf32Scope): fp32 sums and outputs, inputs rounded to 10 bits --
-// still 8x finer than the bf16 q and k, and about 8x faster than exact fp32 products.
+// The forward is one autograd op: two batched products (heads as the batch, x read in place
+// as a strided view) around two fused maps -- bias + activation, and bias + softplus + part
+// powers written straight into the [B, N, H, Dp] layout -- with the matching fused backward
+// (attention/feature_map_kernels.h; the bias gradients are summed inside the maps). φ comes
+// out in the high dtype (f32, or f64 for f64 inputs) because it feeds sums over many keys,
+// and the maps compute in it. The products of a bf16 / f16 model on CUDA run in its compute
+// dtype on tensor cores with fp32 sums (as PyTorch autocast would; weight gradients come out
+// in fp32); elsewhere they run in the high dtype. forward_composite() is the same function
+// from autograd primitives, the reference the tests compare against.
 //
 // Initialization (why): φq·φk should start as an approximation of the softmax kernel, so the
 // distillation starts from a sensible attention instead of noise. The hidden layer starts as
@@ -77,9 +80,11 @@ class FeatureMap {
 
   const FeatureMapOptions& options() const { return options_; }
 
-  // x [B, N, H, d] (any float dtype; cast to the high dtype) -> φ [B, N, H, Dp] contiguous,
-  // f32 (f64 when x is f64). Differentiable in x and the four parameters.
+  // x [B, N, H, d] (any float dtype, any strides) -> φ [B, N, H, Dp] contiguous, f32 (f64
+  // when x is f64). Differentiable in x and the four parameters.
   Tensor forward(const Tensor& x) const;
+  // The same function composed from autograd primitives, all in the high dtype (tests).
+  Tensor forward_composite(const Tensor& x) const;
   // ψ [..., Dp] -> concat_i ψ_i^i over P = degree equal parts of the last dim.
   static Tensor split_powers(const Tensor& psi, int64_t degree);
 
@@ -87,6 +92,8 @@ class FeatureMap {
   void collect(const std::string& prefix, layers::NamedTensors& out) const;
 
  private:
+  void check_input(const Tensor& x) const;  // throws naming x unless it is [B, N, H, d] floating
+
   FeatureMapOptions options_;
 };
 

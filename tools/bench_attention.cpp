@@ -28,6 +28,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "attention/feature_map.h"
 #include "attention/hybrid_attention.h"
 #include "attention/softmax_attention.h"
 #include "autograd/graph.h"
@@ -116,17 +117,18 @@ void run_attention_bench(const AttentionBenchOptions& opt) {
     const int64_t dp = opt.feature_dim;
     Tensor pq = Tensor::rand({1, n, h, dp}, 15, 0, DType::F32, gpu, 0.0, 0.1);
     Tensor pk = Tensor::rand({1, n, h, dp}, 16, 0, DType::F32, gpu, 0.0, 0.1);
-    Tensor w1 = Tensor::randn({h, d, dp}, 17, 0, DType::F32, gpu, 0.0, 1.0 / std::sqrt(double(d))).to(dtype);
-    Tensor w2 = Tensor::randn({h, dp, dp}, 18, 0, DType::F32, gpu, 0.0, 1.0 / std::sqrt(double(dp))).to(dtype);
-    for (Tensor* t : {&q, &k, &v, &pq, &pk, &w1, &w2}) t->set_requires_grad(true);
-    auto phi = [&](const Tensor& x) {  // [1, N, H, d] -> [1, N, H, Dp] f32
-      Tensor xh = x.permute({0, 2, 1, 3}).reshape({h, n, d});
-      Tensor p = softplus(matmul(gelu(matmul(xh, w1)), w2).to(DType::F32));  // [H, N, Dp]
-      Tensor f = concat({p.slice(2, 0, dp / 2), square(p.slice(2, dp / 2, dp))}, 2);
-      return f.permute({1, 0, 2}).unsqueeze(0).contiguous();
-    };
+    // phi_q, phi_k: the model's feature maps (f32 parameters, hidden = Dp, P = 2, GELU),
+    // run on the bf16 q and k as in a bf16 model: bf16 products, fused maps, f32 features.
+    attention::FeatureMapOptions fo;
+    fo.heads = h;
+    fo.head_dim = d;
+    fo.hidden_dim = dp;
+    fo.feature_dim = dp;
+    const layers::ParamFactory params{gpu, DType::F32, 19};
+    const attention::FeatureMap phi_q(params, "phi_q", fo, "phi"), phi_k(params, "phi_k", fo, "phi");
+    for (Tensor* t : {&q, &k, &v, &pq, &pk}) t->set_requires_grad(true);
     auto op = [&] {
-      return opt.phi_mlp ? attention::hybrid_attention(q, k, v, phi(q), phi(k), ho)
+      return opt.phi_mlp ? attention::hybrid_attention(q, k, v, phi_q.forward(q), phi_k.forward(k), ho)
                          : attention::hybrid_attention(q, k, v, pq, pk, ho);
     };
     attention::KeyRange chunk;
@@ -139,6 +141,20 @@ void run_attention_bench(const AttentionBenchOptions& opt) {
       op();
     });
     const double fwdbwd_ms = median_ms(ctx.stream, opt.warmup, opt.iters, [&] { op().backward(d_o); });
+    // The two feature maps alone (their share of the figures above).
+    double phi_ms = 0, phi_fwdbwd_ms = 0;
+    if (opt.phi_mlp) {
+      const Tensor d_phi = Tensor::randn({1, n, h, dp}, 20, 0, DType::F32, gpu);
+      phi_ms = median_ms(ctx.stream, opt.warmup, opt.iters, [&] {
+        autograd::NoGradGuard no_grad;
+        phi_q.forward(q);
+        phi_k.forward(k);
+      });
+      phi_fwdbwd_ms = median_ms(ctx.stream, opt.warmup, opt.iters, [&] {
+        phi_q.forward(q).backward(d_phi);
+        phi_k.forward(k).backward(d_phi);
+      });
+    }
     fmt::print("rehyat bench attention on {} ({} SMs); median of {} runs after {} warm-up\n", ctx.props.name,
                ctx.props.multiProcessorCount, opt.iters, opt.warmup);
     fmt::print("shape: B1 N{} ({}x{}x{}) H{} d{} {} rehyat Tc={} To={} {} Dp={}{}; softmax part {:.3f} TFLOP\n", n,
@@ -152,6 +168,10 @@ void run_attention_bench(const AttentionBenchOptions& opt) {
                100 * tf / gemm_tflops);
     fmt::print("{:<34} {:>10.3f} {:>12.1f} {:>9.0f}%\n", "hybrid forward+backward", fwdbwd_ms, tfb,
                100 * tfb / gemm_tflops);
+    if (opt.phi_mlp) {
+      fmt::print("{:<34} {:>10.3f}\n", "  of which phi_q + phi_k forward", phi_ms);
+      fmt::print("{:<34} {:>10.3f}\n", "  of which phi_q + phi_k fwd+bwd", phi_fwdbwd_ms);
+    }
     if (!opt.json_path.empty()) {
       nlohmann::json out;
       out["device"] = ctx.props.name;
@@ -161,6 +181,10 @@ void run_attention_bench(const AttentionBenchOptions& opt) {
       out["feature_dim"] = dp;
       out["forward_ms"] = fwd_ms;
       out["forward_backward_ms"] = fwdbwd_ms;
+      if (opt.phi_mlp) {
+        out["phi_forward_ms"] = phi_ms;
+        out["phi_forward_backward_ms"] = phi_fwdbwd_ms;
+      }
       out["softmax_forward_flop"] = soft_flop;
       out["gemm_ceiling_tflop_per_s"] = gemm_tflops;
       std::ofstream file(opt.json_path);

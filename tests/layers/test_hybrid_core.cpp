@@ -10,6 +10,7 @@
 
 #include "attention/attention_config.h"
 #include "attention/feature_map.h"
+#include "attention/feature_map_kernels.h"
 #include "autograd/ops.h"
 #include "layer_test_util.h"
 #include "layers/hybrid_core.h"
@@ -235,6 +236,134 @@ TEST(FeatureMap, CudaMatchesCpu) {
       expect_close(what + " dW2", gpu.weight2.grad().to(Device::cpu()), cpu.weight2.grad(), 1e-4);
       expect_close(what + " db2", gpu.bias2.grad().to(Device::cpu()), cpu.bias2.grad(), 1e-4);
     }
+}
+
+// The fused op (forward) against the composite of autograd primitives (forward_composite):
+// values and all five gradients, f64 and f32 on the CPU, every activation and degree, and
+// an input that is a strided view (a slice of wider rows, as q is of a fused projection).
+TEST(FeatureMap, FusedOpMatchesTheComposite) {
+  for (DType dtype : {DType::F64, DType::F32})
+    for (auto act : {FeatureActivation::Gelu, FeatureActivation::Relu, FeatureActivation::None})
+      for (int64_t degree : {1, 2, 3}) {
+        FeatureMapOptions o = small_options(degree, act);
+        o.hidden_dim = 11;
+        FeatureMap map(factory(dtype), "phi", o);
+        randomize(map, 40 + uint64_t(degree));
+        const Tensor wide = random_input({2, 5, 3, 12}, 41, dtype, Device::cpu(), false);
+        const std::string what = fmt::format("{} {} P={}", dtype_name(dtype), attention::feature_activation_name(act),
+                                             degree);
+        std::vector<Tensor> grads[2];
+        Tensor phi[2];
+        for (int path = 0; path < 2; ++path) {
+          Tensor x = wide.slice(3, 2, 10).detach();  // [2, 5, 3, 8], row stride 12
+          x.set_requires_grad(true);
+          ASSERT_FALSE(x.is_contiguous());
+          layers::NamedTensors params;
+          map.collect("phi", params);
+          for (auto& [name, p] : params) {
+            Tensor t = p;
+            t.zero_grad();
+          }
+          phi[path] = path == 0 ? map.forward(x) : map.forward_composite(x);
+          phi[path].backward(Tensor::randn(phi[path].shape(), 42, 0, phi[path].dtype()));
+          grads[path] = {x.grad(), map.weight1.grad(), map.bias1.grad(), map.weight2.grad(), map.bias2.grad()};
+        }
+        const double tol = dtype == DType::F64 ? 1e-12 : 2e-6;
+        expect_close(what + " φ", phi[0], phi[1], tol);
+        const char* names[] = {"dx", "dW1", "db1", "dW2", "db2"};
+        for (int i = 0; i < 5; ++i) {
+          ASSERT_TRUE(grads[0][size_t(i)].defined()) << what << " " << names[i];
+          EXPECT_EQ(grads[0][size_t(i)].dtype(), dtype) << what << " " << names[i];
+          expect_close(what + " " + names[i], grads[0][size_t(i)], grads[1][size_t(i)], 10 * tol);
+        }
+      }
+}
+
+// The fused maps (attention/feature_map_kernels.h) on CUDA against their CPU loops, for
+// every product dtype, with rows that are not a multiple of the kernels' row block and more
+// columns than one thread block covers; the backward maps in place, as the op runs them.
+TEST(FeatureMap, FusedMapsCudaMatchCpu) {
+  REHYAT_SKIP_WITHOUT_GPU("feature map kernels CPU vs CUDA");
+  namespace fk = attention::kernels;
+  const int64_t H = 3, R = 130, C = 300;
+  const Device gpu = Device::cuda(0);
+  for (DType product : {DType::BF16, DType::F16, DType::F32, DType::F64}) {
+    const DType high = product == DType::F64 ? DType::F64 : DType::F32;
+    const double tol = product == DType::F64 ? 1e-12 : (product == DType::F32 ? 1e-5 : 1e-2);
+    const Tensor a = Tensor::randn({H, R, C}, 51, 0, DType::F64, Device::cpu(), 0.0, 2.0).to(product);
+    const Tensor up = Tensor::randn({H, R, C}, 52, 0, DType::F64).to(product);
+    const Tensor dphi = Tensor::randn({2, R / 2, H, C}, 53, 0, DType::F64).to(high);
+    const Tensor bias = Tensor::randn({H, C}, 54, 0, DType::F64, Device::cpu(), 0.0, 0.5).to(high);
+    for (auto act : {FeatureActivation::Gelu, FeatureActivation::Relu, FeatureActivation::None}) {
+      const std::string what = fmt::format("{} {}", dtype_name(product), attention::feature_activation_name(act));
+      Tensor g[2], du[2], db[2];
+      for (int dev = 0; dev < 2; ++dev) {
+        const Device device = dev == 0 ? Device::cpu() : gpu;
+        const Tensor ad = a.to(device), bd = bias.to(device);
+        g[dev] = Tensor::empty({H, R, C}, product, device);
+        fk::phi_hidden_forward(g[dev], ad, bd, act);
+        du[dev] = up.to(device).clone();
+        db[dev] = Tensor::empty({H, C}, high, device);
+        fk::phi_hidden_backward(du[dev], db[dev], du[dev], ad, bd, act);
+      }
+      expect_close(what + " g", g[1].to(Device::cpu()), g[0], tol);
+      expect_close(what + " du", du[1].to(Device::cpu()), du[0], tol);
+      expect_close(what + " db1", db[1].to(Device::cpu()), db[0], product == DType::F64 ? 1e-12 : 1e-5);
+    }
+    for (int64_t degree : {1, 2, 3}) {
+      const std::string what = fmt::format("{} P={}", dtype_name(product), degree);
+      Tensor phi[2], dz[2], db[2];
+      for (int dev = 0; dev < 2; ++dev) {
+        const Device device = dev == 0 ? Device::cpu() : gpu;
+        const Tensor ad = a.to(device), bd = bias.to(device);
+        phi[dev] = Tensor::empty({2, R / 2, H, C}, high, device);
+        fk::phi_features_forward(phi[dev], ad, bd, degree);
+        dz[dev] = Tensor::empty({H, R, C}, product, device);
+        db[dev] = Tensor::empty({H, C}, high, device);
+        fk::phi_features_backward(dz[dev], db[dev], dphi.to(device), ad, bd, degree);
+      }
+      expect_close(what + " φ", phi[1].to(Device::cpu()), phi[0], product == DType::F64 ? 1e-12 : 1e-5);
+      expect_close(what + " dz", dz[1].to(Device::cpu()), dz[0], tol);
+      expect_close(what + " db2", db[1].to(Device::cpu()), db[0], product == DType::F64 ? 1e-12 : 1e-5);
+    }
+  }
+  // The router names the tensor at fault.
+  Tensor bad = Tensor::empty({H, R, C + 1}, DType::F32, gpu);
+  const Tensor a = Tensor::empty({H, R, C}, DType::F32, gpu), b = Tensor::empty({H, C}, DType::F32, gpu);
+  try {
+    fk::phi_hidden_forward(bad, a, b, FeatureActivation::Gelu);
+    ADD_FAILURE() << "a mismatched output was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("g "), std::string::npos) << e.what();
+  }
+}
+
+// A bf16 model on CUDA runs φ's products in bf16 (fp32 sums): φ and every gradient track the
+// exact f32 map of the same (bf16-rounded) input within bf16 rounding, and the parameter
+// gradients come out in the parameters' f32.
+TEST(FeatureMap, CudaBf16ProductsTrackTheF32Map) {
+  REHYAT_SKIP_WITHOUT_GPU("bf16 feature map on CUDA");
+  const FeatureMapOptions o = small_options(2);
+  FeatureMap cpu(factory(DType::F32), "phi", o), gpu(factory(DType::F32, Device::cuda(0)), "phi", o);
+  randomize(cpu, 60);
+  randomize(gpu, 60);
+  const Tensor x_bf16 = random_input({2, 70, 3, 8}, 61, DType::BF16, Device::cpu(), false);
+  Tensor x_cpu = x_bf16.to(DType::F32), x_gpu = x_bf16.to(Device::cuda(0));
+  x_cpu.set_requires_grad(true);
+  x_gpu.set_requires_grad(true);
+  const Tensor phi_cpu = cpu.forward(x_cpu), phi_gpu = gpu.forward(x_gpu);
+  EXPECT_EQ(phi_gpu.dtype(), DType::F32);
+  expect_close("bf16 φ", phi_gpu.to(Device::cpu()), phi_cpu, 3e-2);
+  const Tensor w = Tensor::randn(phi_cpu.shape(), 62, 0, DType::F32);
+  phi_cpu.backward(w);
+  phi_gpu.backward(w.to(Device::cuda(0)));
+  EXPECT_EQ(x_gpu.grad().dtype(), DType::BF16);
+  EXPECT_EQ(gpu.weight1.grad().dtype(), DType::F32);
+  expect_close("bf16 dx", x_gpu.grad().to(Device::cpu()), x_cpu.grad(), 5e-2);
+  expect_close("bf16 dW1", gpu.weight1.grad().to(Device::cpu()), cpu.weight1.grad(), 5e-2);
+  expect_close("bf16 db1", gpu.bias1.grad().to(Device::cpu()), cpu.bias1.grad(), 5e-2);
+  expect_close("bf16 dW2", gpu.weight2.grad().to(Device::cpu()), cpu.weight2.grad(), 5e-2);
+  expect_close("bf16 db2", gpu.bias2.grad().to(Device::cpu()), cpu.bias2.grad(), 5e-2);
 }
 
 // --- config ------------------------------------------------------------------------------
