@@ -104,9 +104,7 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
     Tensor sa = b.requires_grad() ? a.detach() : Tensor();
     Tensor sb = a.requires_grad() ? b.detach() : Tensor();
     Shape shape_a = a.shape(), shape_b = b.shape();
-    const bool tf32 = kernels::tf32_matmul();
-    autograd::record("matmul", c, {a, b}, [sa, sb, shape_a, shape_b, tf32](const Tensor& g, const Node& n) {
-      const kernels::Tf32Scope scope(tf32);
+    autograd::record("matmul", c, {a, b}, [sa, sb, shape_a, shape_b](const Tensor& g, const Node& n) {
       Tensor da, db;
       if (n.needs_grad(0)) da = sum_to(matmul_raw(g, sb.transpose(-1, -2)), shape_a);
       if (n.needs_grad(1)) db = sum_to(matmul_raw(sa.transpose(-1, -2), g), shape_b);

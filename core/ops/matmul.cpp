@@ -92,14 +92,6 @@ bool blas_gemm(Tensor& c, const Tensor& a, const Tensor& b, double alpha, double
 }  // namespace
 #endif
 
-namespace {
-thread_local bool t_tf32 = false;
-}  // namespace
-
-bool tf32_matmul() { return t_tf32; }
-Tf32Scope::Tf32Scope(bool enabled) : previous_(t_tf32) { t_tf32 = enabled; }
-Tf32Scope::~Tf32Scope() { t_tf32 = previous_; }
-
 bool cpu_blas_available() {
 #ifdef REHYAT_BLAS
   return true;

@@ -105,7 +105,6 @@ struct LtKey {
   int64_t ld_first = 0, ld_second = 0;
   int64_t batch = 1, stride_first = 0, stride_second = 0;
   uint32_t align_first = 0, align_second = 0, align_c = 0;
-  bool tf32 = false;  // f32 on TF32 tensor cores (Tf32Scope)
   bool operator==(const LtKey&) const = default;
 };
 
@@ -121,7 +120,6 @@ struct LtKeyHash {
       mix(uint64_t(v));
     mix(uint64_t(key.align_first) << 32 | key.align_second);
     mix(key.align_c);
-    mix(uint64_t(key.tf32));
     return h;
   }
 };
@@ -131,7 +129,7 @@ class LtPlan {
  public:
   LtPlan(const LtKey& key, cublasLtHandle_t handle, size_t workspace_bytes) {
     const cudaDataType_t type = blas_dtype(key.operand_dtype), c_type = blas_dtype(key.dtype);
-    CUBLAS_CHECK(cublasLtMatmulDescCreate(&desc_, key.tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F,
+    CUBLAS_CHECK(cublasLtMatmulDescCreate(&desc_, CUBLAS_COMPUTE_32F,
                                           CUDA_R_32F));
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc_, CUBLASLT_MATMUL_DESC_TRANSA, &key.op_first,
                                                 sizeof(key.op_first)));
@@ -275,7 +273,6 @@ void matmul(Tensor& c, const Tensor& a, const Tensor& b, double alpha, double be
   key.align_first = alignment_bytes(b.data_ptr(), key.stride_first * int64_t(elem));
   key.align_second = alignment_bytes(a.data_ptr(), key.stride_second * int64_t(elem));
   key.align_c = alignment_bytes(c.data_ptr(), c_stride * int64_t(c_elem));
-  key.tf32 = a.dtype() == DType::F32 && tf32_matmul();
   lt_plan(key, ctx).run(ctx, float(alpha), float(beta), b.data_ptr(), a.data_ptr(), c.data_ptr());
 }
 

@@ -7,8 +7,7 @@
 // transpose flag); anything else is made contiguous first. a and b share a dtype, which is
 // c's, or bf16 / f16 with an f32 c (the fp32 result of a low-precision product: weight
 // gradients of bf16 layers; the CPU widens the operands exactly). bf16/f16 inputs accumulate
-// in fp32; f32 uses fp32 (no TF32) unless a Tf32Scope allows TF32 on this thread; f64
-// uses cublasDgemmStridedBatched.
+// in fp32; f32 uses fp32 (no TF32); f64 uses cublasDgemmStridedBatched.
 #pragma once
 
 #include <optional>
@@ -28,23 +27,5 @@ void matmul(Tensor& c, const Tensor& a, const Tensor& b, double alpha = 1.0, dou
 // take the plain loop (tests compare the two). Returns the previous setting.
 bool cpu_blas_available();
 bool set_cpu_blas(bool enabled);
-
-// While a Tf32Scope(true) lives, f32 products on CUDA issued by this thread run on TF32
-// tensor cores (inputs rounded to 10 mantissa bits, fp32 accumulation and output; about
-// 8x the fp32 rate on an H100) -- PyTorch's allow_tf32. For f32 work that feeds
-// low-precision compute anyway (the feature maps of a bf16 model). CPU products ignore it.
-// The autograd matmul records the setting, so the backward of a product made in the scope
-// uses it too.
-bool tf32_matmul();
-class Tf32Scope {
- public:
-  explicit Tf32Scope(bool enabled);
-  ~Tf32Scope();
-  Tf32Scope(const Tf32Scope&) = delete;
-  Tf32Scope& operator=(const Tf32Scope&) = delete;
-
- private:
-  bool previous_;
-};
 
 }  // namespace rehyat::kernels

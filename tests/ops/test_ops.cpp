@@ -222,54 +222,5 @@ TEST(Matmul, LowPrecisionOperandsIntoAnF32Output) {
   }
 }
 
-// TF32 products (kernels::Tf32Scope): CPU products ignore it; on CUDA an f32 product in
-// the scope differs from the exact one by TF32 rounding only, and so does the backward of a
-// product recorded in the scope (the autograd matmul keeps the setting for its backward).
-TEST(Matmul, Tf32ScopeAppliesToCudaF32ProductsAndTheirBackward) {
-  EXPECT_FALSE(kernels::tf32_matmul());
-  {
-    const kernels::Tf32Scope outer(true);
-    EXPECT_TRUE(kernels::tf32_matmul());
-    {
-      const kernels::Tf32Scope inner(false);
-      EXPECT_FALSE(kernels::tf32_matmul());
-    }
-    EXPECT_TRUE(kernels::tf32_matmul());
-  }
-  EXPECT_FALSE(kernels::tf32_matmul());
-  const Tensor a = Tensor::randn({3, 64, 96}, 31), b = Tensor::randn({3, 96, 80}, 32);
-  auto product = [&](Device device, bool tf32, std::vector<double>* grad_a) {
-    Tensor x = a.to(device), y = b.to(device);
-    x.set_requires_grad(true);
-    Tensor c;
-    {
-      const kernels::Tf32Scope scope(tf32);
-      c = matmul(x, y);
-    }
-    sum(mul(c, c)).backward();  // outside the scope: the recorded setting applies
-    *grad_a = x.grad().to_vector();
-    return c.to_vector();
-  };
-  std::vector<double> g_exact, g_tf32;
-  EXPECT_EQ(product(Device::cpu(), false, &g_exact), product(Device::cpu(), true, &g_tf32));
-  EXPECT_EQ(g_exact, g_tf32);
-  if (!cuda_available()) GTEST_SKIP() << "no CUDA device: TF32 products not run";
-  const std::vector<double> exact = product(Device::cuda(), false, &g_exact);
-  const std::vector<double> tf32 = product(Device::cuda(), true, &g_tf32);
-  double worst = 0, worst_grad = 0, scale = 0, scale_grad = 0;
-  for (size_t i = 0; i < exact.size(); ++i) {
-    worst = std::max(worst, std::abs(exact[i] - tf32[i]));
-    scale = std::max(scale, std::abs(exact[i]));
-  }
-  for (size_t i = 0; i < g_exact.size(); ++i) {
-    worst_grad = std::max(worst_grad, std::abs(g_exact[i] - g_tf32[i]));
-    scale_grad = std::max(scale_grad, std::abs(g_exact[i]));
-  }
-  EXPECT_GT(worst, 0.0) << "the scope made no difference: TF32 not used";
-  EXPECT_LT(worst, 5e-3 * scale);  // TF32: 10-bit mantissas, K = 96
-  EXPECT_GT(worst_grad, 0.0) << "the backward did not use TF32";
-  EXPECT_LT(worst_grad, 5e-3 * scale_grad);
-}
-
 }  // namespace
 }  // namespace rehyat::testing
