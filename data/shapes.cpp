@@ -2,7 +2,14 @@
 // from its own block of Philox words (key = seed, counters index * kWordsPerSample + k),
 // so samples are independent of each other and of the order they are rendered in.
 // Coverage is 4x4 supersampled per pixel and composited largest object first. Only +, -,
-// *, / and fmod touch the geometry, so the bytes do not depend on the machine's libm.
+// *, / and fmod touch the geometry, so the bytes do not depend on the machine's libm (the
+// detector, which renders nothing, may use sqrt and the trigonometric functions).
+//
+// Wrapped frames (ShapesOptions::wrap) draw each object once: a subsample's offset from the
+// centre is taken the short way round the torus (minimum_image), which is the union of the
+// object's copies shifted by multiples of (W, H) because an object is narrower than half
+// the frame (validate_shapes_options: 2 max_size < min(H, W)), so no two copies reach one
+// pixel and its coverage is anti-aliased exactly like an object inside the frame.
 #include "data/shapes.h"
 
 #include <algorithm>
@@ -65,10 +72,29 @@ class SampleRandom {
 // Reflects p into [low, high] as a point bouncing between the two walls would be.
 double bounce(double p, double low, double high) {
   const double span = high - low;
-  double m = std::fmod(p - low, 2.0 * span);
-  if (m < 0) m += 2.0 * span;
+  double m = wrap_coordinate(p - low, 2.0 * span);
   if (m > span) m = 2.0 * span - m;
   return low + m;
+}
+
+// Pixels along one axis that a shape centred at c reaching `size` either side can cover
+// (its bounding box and a pixel of margin): indices first .. first + count - 1, clipped to
+// the frame, or with wrap taken mod extent (count <= extent: no pixel twice).
+struct PixelSpan {
+  int64_t first, count;
+  int64_t index(int64_t k, int64_t extent, bool wrap) const {
+    return wrap ? ((first + k) % extent + extent) % extent : first + k;
+  }
+};
+
+PixelSpan pixel_span(double c, double size, int64_t extent, bool wrap) {
+  if (!wrap) {
+    const int64_t first = std::max<int64_t>(0, int64_t(c - size) - 1);
+    return {first, std::min<int64_t>(extent, int64_t(c + size) + 2) - first};
+  }
+  // c is in [0, extent) and size < extent / 2, so c - size + extent > 0 truncates like floor.
+  const int64_t first = int64_t(c - size + double(extent)) - 1 - extent;
+  return {first, std::min<int64_t>(extent, int64_t(c + size) + 2 - first)};
 }
 
 // Equilateral triangle pointing up, inscribed in the circle of radius `size`: its
@@ -151,8 +177,19 @@ void validate_shapes_options(const ShapesOptions& o) {
 
 int64_t max_caption_words(const ShapesOptions& options) { return 6 * options.max_objects - 1; }
 
+double wrap_coordinate(double p, double extent) {
+  double m = std::fmod(p, extent);
+  if (m < 0) m += extent;
+  return m < extent ? m : 0.0;  // -tiny + extent rounds to extent, which is 0 again
+}
+
+double minimum_image(double d, double extent) { return wrap_coordinate(d + 0.5 * extent, extent) - 0.5 * extent; }
+
 std::pair<double, double> object_centre(const ShapeObject& object, const ShapesOptions& options, int64_t frame) {
   const double t = double(frame);
+  if (options.wrap)
+    return {wrap_coordinate(object.x0 + object.vx * t, double(options.width)),
+            wrap_coordinate(object.y0 + object.vy * t, double(options.height))};
   return {bounce(object.x0 + object.vx * t, object.size, double(options.width) - object.size),
           bounce(object.y0 + object.vy * t, object.size, double(options.height) - object.size)};
 }
@@ -200,18 +237,23 @@ ShapesSample render_shapes_sample(const ShapesOptions& options, uint64_t seed, i
     object.vx = horizontal ? (negative ? -speed : speed) : 0.0;
     object.vy = horizontal ? 0.0 : (negative ? -speed : speed);
     // Room before the first bounce: clear_frames frames of motion and at least 1.5 px, so
-    // the starting direction shows; capped by the free span.
+    // the starting direction shows; capped by the free span. Wrapped frames have no walls:
+    // starts are uniform over the frame, so no frame tells the direction by position.
     const double low = object.size, high = along_extent - object.size;
     const double room = std::min(high - low, std::max(double(options.clear_frames) * speed, 1.5));
     // Of kPlacementAttempts start positions, the one whose bounding box overlaps the
     // earlier objects' least over the video, overlap in the first kClearFrames frames
-    // (where the detector reads the direction) counting 4 times.
+    // (where the detector reads the direction) counting 4 times; on a torus the distances
+    // are minimum-image ones.
     ShapeObject best = object;
     double best_overlap = std::numeric_limits<double>::infinity();
     for (int attempt = 0; attempt < kPlacementAttempts && best_overlap > 0; ++attempt) {
       const uint64_t w = k + 4 + 2 * uint64_t(attempt);
-      const double along = negative ? random.uniform(w, low + room, high) : random.uniform(w, low, high - room);
-      const double across = random.uniform(w + 1, object.size, across_extent - object.size);
+      const double along = options.wrap ? random.uniform(w, 0.0, along_extent)
+                           : negative   ? random.uniform(w, low + room, high)
+                                        : random.uniform(w, low, high - room);
+      const double across = options.wrap ? random.uniform(w + 1, 0.0, across_extent)
+                                         : random.uniform(w + 1, object.size, across_extent - object.size);
       object.x0 = horizontal ? along : across;
       object.y0 = horizontal ? across : along;
       double overlap = 0;
@@ -220,8 +262,12 @@ ShapesSample render_shapes_sample(const ShapesOptions& options, uint64_t seed, i
         for (const ShapeObject& other : sample.objects) {
           const auto [ox, oy] = object_centre(other, options, t);
           const double reach = object.size + other.size;
-          const double area = std::max(0.0, reach - std::abs(x - ox)) * std::max(0.0, reach - std::abs(y - oy));
-          overlap += (t < kClearFrames ? 4.0 : 1.0) * area;
+          const double dx = options.wrap ? minimum_image(x - ox, double(W)) : x - ox;
+          const double dy = options.wrap ? minimum_image(y - oy, double(H)) : y - oy;
+          const double area = std::max(0.0, reach - std::abs(dx)) * std::max(0.0, reach - std::abs(dy));
+          // Wrapped data weighs every frame alike, so that pairs of objects are as likely to
+          // overlap in one frame as in any other (stationary, like the positions themselves).
+          overlap += (t < kClearFrames && !options.wrap ? 4.0 : 1.0) * area;
         }
       }
       if (overlap < best_overlap) {
@@ -261,17 +307,18 @@ ShapesSample render_shapes_sample(const ShapesOptions& options, uint64_t seed, i
       trajectory[(int64_t(o) * T + t) * 2 + 1] = float(cy);
       const Rgb rgb = colour_rgb(object.colour);
       const float colour[3] = {rgb.r, rgb.g, rgb.b};
-      const int64_t i0 = std::max<int64_t>(0, int64_t(cy - object.size) - 1);
-      const int64_t i1 = std::min<int64_t>(H, int64_t(cy + object.size) + 2);
-      const int64_t j0 = std::max<int64_t>(0, int64_t(cx - object.size) - 1);
-      const int64_t j1 = std::min<int64_t>(W, int64_t(cx + object.size) + 2);
-      for (int64_t i = i0; i < i1; ++i)
-        for (int64_t j = j0; j < j1; ++j) {
+      const PixelSpan rows = pixel_span(cy, object.size, H, options.wrap);
+      const PixelSpan cols = pixel_span(cx, object.size, W, options.wrap);
+      for (int64_t ki = 0; ki < rows.count; ++ki)
+        for (int64_t kj = 0; kj < cols.count; ++kj) {
+          const int64_t i = rows.index(ki, H, options.wrap), j = cols.index(kj, W, options.wrap);
           int hits = 0;
           for (int si = 0; si < kSub; ++si)
             for (int sj = 0; sj < kSub; ++sj) {
               const double x = double(j) + (sj + 0.5) / kSub, y = double(i) + (si + 0.5) / kSub;
-              hits += inside(object.kind, object.size, x - cx, y - cy);
+              const double dx = options.wrap ? minimum_image(x - cx, double(W)) : x - cx;
+              const double dy = options.wrap ? minimum_image(y - cy, double(H)) : y - cy;
+              hits += inside(object.kind, object.size, dx, dy);
             }
           if (hits == 0) continue;
           const float alpha = float(hits) / float(kSub * kSub);
@@ -287,7 +334,32 @@ ShapesSample render_shapes_sample(const ShapesOptions& options, uint64_t seed, i
 
 // --- detector -------------------------------------------------------------------------
 
-std::vector<ObjectTrack> detect_objects(const Tensor& video) {
+namespace {
+
+// Centroid along a wrapped axis of the membership `mass` of each pixel on it. The circular
+// mean (pixel k at angle 2 pi (k + 0.5) / extent) finds the object whichever edges split
+// it; the mean of the minimum-image offsets from there is then the object's plain centroid
+// as if drawn unsplit, exact for objects narrower than half the axis (the renderer's), where
+// the circular mean alone is pulled towards the middle of an asymmetric shape (triangle).
+double circular_centroid(const std::vector<double>& mass) {
+  constexpr double kTwoPi = 6.283185307179586;
+  const double extent = double(mass.size());
+  double sine = 0, cosine = 0, total = 0;
+  for (size_t k = 0; k < mass.size(); ++k) {
+    const double angle = kTwoPi * (double(k) + 0.5) / extent;
+    sine += mass[k] * std::sin(angle);
+    cosine += mass[k] * std::cos(angle);
+    total += mass[k];
+  }
+  const double around = wrap_coordinate(std::atan2(sine, cosine) / kTwoPi * extent, extent);
+  double offset = 0;
+  for (size_t k = 0; k < mass.size(); ++k) offset += mass[k] * minimum_image(double(k) + 0.5 - around, extent);
+  return wrap_coordinate(around + offset / total, extent);
+}
+
+}  // namespace
+
+std::vector<ObjectTrack> detect_objects(const Tensor& video, bool wrap) {
   REHYAT_CHECK(video.dim() == 4 && video.size(0) == 3, "detect_objects: video must be [3, T, H, W], got {}",
                shape_str(video.shape()));
   const Tensor host = video.detach().to(Device::cpu()).to(DType::F32).contiguous();
@@ -299,9 +371,14 @@ std::vector<ObjectTrack> detect_objects(const Tensor& video) {
     const Rgb rgb = colour_rgb(Colour(c));
     ObjectTrack track{Colour(c), Tensor::full({T, 2}, std::numeric_limits<double>::quiet_NaN()), 0};
     float* centres = track.centres.data<float>();  // [T, 2]
+    std::vector<double> column_mass, row_mass;      // [W], [H] membership per column / row (wrap)
     for (int64_t t = 0; t < T; ++t) {
       double weight = 0, wx = 0, wy = 0;
       int64_t members = 0;
+      if (wrap) {
+        column_mass.assign(size_t(W), 0.0);
+        row_mass.assign(size_t(H), 0.0);
+      }
       for (int64_t i = 0; i < H; ++i)
         for (int64_t j = 0; j < W; ++j) {
           const int64_t p = t * H * W + i * W + j;
@@ -311,12 +388,17 @@ std::vector<ObjectTrack> detect_objects(const Tensor& video) {
           const double membership = 1.0 - distance / kDetectorColourDistance;
           ++members;
           weight += membership;
+          if (wrap) {
+            column_mass[size_t(j)] += membership;
+            row_mass[size_t(i)] += membership;
+            continue;
+          }
           wx += membership * (double(j) + 0.5);
           wy += membership * (double(i) + 0.5);
         }
       if (members < kDetectorMinPixels) continue;
-      centres[t * 2] = float(wx / weight);
-      centres[t * 2 + 1] = float(wy / weight);
+      centres[t * 2] = float(wrap ? circular_centroid(column_mass) : wx / weight);
+      centres[t * 2 + 1] = float(wrap ? circular_centroid(row_mass) : wy / weight);
       ++track.found_frames;
     }
     if (2 * track.found_frames >= T) tracks.push_back(std::move(track));
@@ -324,13 +406,22 @@ std::vector<ObjectTrack> detect_objects(const Tensor& video) {
   return tracks;
 }
 
-std::optional<Direction> motion_direction(const ObjectTrack& track) {
+std::optional<Direction> motion_direction(const ObjectTrack& track, bool wrap, int64_t width, int64_t height) {
+  REHYAT_CHECK(!wrap || (width > 0 && height > 0),
+               "motion_direction: a wrapped track needs the frame's width and height (got {} x {})", width, height);
   const Tensor host = track.centres.to(Device::cpu()).contiguous();
   const float* centres = host.data<float>();  // [T, 2]
   std::vector<std::pair<double, double>> found;
   for (int64_t t = 0; t < host.size(0); ++t)
     if (!std::isnan(centres[t * 2])) found.emplace_back(centres[t * 2], centres[t * 2 + 1]);
   if (found.size() < 2) return std::nullopt;
+  // A wrapped centre jumps by about the frame size where the object crosses an edge: unwrap
+  // the path (each step the short way round), then read it like a plain one.
+  if (wrap)
+    for (size_t k = 1; k < found.size(); ++k) {
+      found[k].first = found[k - 1].first + minimum_image(found[k].first - found[k - 1].first, double(width));
+      found[k].second = found[k - 1].second + minimum_image(found[k].second - found[k - 1].second, double(height));
+    }
 
   double path_x = 0, path_y = 0;
   for (size_t k = 1; k < found.size(); ++k) {
@@ -348,8 +439,8 @@ std::optional<Direction> motion_direction(const ObjectTrack& track) {
   return std::nullopt;
 }
 
-PromptAgreement prompt_agreement(const Tensor& video, const std::vector<ShapeObject>& objects) {
-  const std::vector<ObjectTrack> tracks = detect_objects(video);
+PromptAgreement prompt_agreement(const Tensor& video, const std::vector<ShapeObject>& objects, bool wrap) {
+  const std::vector<ObjectTrack> tracks = detect_objects(video, wrap);
   PromptAgreement agreement{true, true, true, {}};
   for (const ShapeObject& object : objects) {
     const std::string name = colour_name(object.colour) + " " + shape_kind_name(object.kind);
@@ -360,7 +451,7 @@ PromptAgreement prompt_agreement(const Tensor& video, const std::vector<ShapeObj
       agreement.problems.push_back(name + ": colour not found");
       continue;
     }
-    const std::optional<Direction> direction = motion_direction(*track);
+    const std::optional<Direction> direction = motion_direction(*track, wrap, video.size(3), video.size(2));
     if (direction != object.direction) {
       agreement.motion_ok = false;
       agreement.problems.push_back(fmt::format("{}: {}, caption says {}", name,

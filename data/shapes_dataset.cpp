@@ -102,12 +102,12 @@ void write_file(const std::string& path, const std::string& file_path, const Sha
   const uint64_t text_seed = encoder.seed();
   write_attribute(path, file.get(), "seed", H5T_NATIVE_UINT64, &seed);
   write_attribute(path, file.get(), "text_seed", H5T_NATIVE_UINT64, &text_seed);
-  const int64_t gradient = options.gradient_background ? 1 : 0;
+  const int64_t gradient = options.gradient_background ? 1 : 0, wrap = options.wrap ? 1 : 0;
   const std::pair<const char*, const int64_t*> integers[] = {
       {"first_index", &first},         {"frames", &options.frames},           {"height", &options.height},
       {"width", &options.width},       {"min_objects", &options.min_objects}, {"max_objects", &options.max_objects},
       {"text_len", &options.text_len}, {"text_dim", &options.text_dim},       {"gradient_background", &gradient},
-      {"clear_frames", &options.clear_frames}};
+      {"clear_frames", &options.clear_frames}, {"wrap", &wrap}};
   for (const auto& [name, value] : integers) write_attribute(path, file.get(), name, H5T_NATIVE_INT64, value);
   const std::pair<const char*, const double*> reals[] = {{"min_speed", &options.min_speed},
                                                          {"max_speed", &options.max_speed},
@@ -297,6 +297,8 @@ ShapesDataset ShapesDataset::open(const std::string& path) {
       {"text_dim", &o.text_dim},       {"clear_frames", &o.clear_frames}};
   for (const auto& [name, value] : integers) *value = read_number_attribute<int64_t>(path, file, name, H5T_NATIVE_INT64);
   o.gradient_background = read_number_attribute<int64_t>(path, file, "gradient_background", H5T_NATIVE_INT64) != 0;
+  // Files written before the option have no 'wrap': they did not wrap.
+  o.wrap = H5Aexists(file, "wrap") > 0 && read_number_attribute<int64_t>(path, file, "wrap", H5T_NATIVE_INT64) != 0;
   const std::pair<const char*, double*> reals[] = {
       {"min_speed", &o.min_speed}, {"max_speed", &o.max_speed}, {"min_size", &o.min_size}, {"max_size", &o.max_size}};
   for (const auto& [name, value] : reals) *value = read_number_attribute<double>(path, file, name, H5T_NATIVE_DOUBLE);

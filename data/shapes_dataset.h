@@ -15,7 +15,8 @@
 //     i of the file is render_shapes_sample(options, seed, first_index + i));
 //     frames, height, width, min_objects, max_objects, text_len, text_dim (i64);
 //     min_speed, max_speed, min_size, max_size (f64); gradient_background (i64, 0 or 1);
-//     clear_frames (i64).
+//     clear_frames (i64); wrap (i64, 0 or 1; absent in files written before the option,
+//     which read as 0: they did not wrap).
 //
 // HDF5 access from this file's code (writer, ShapesDataset, the loader's worker thread)
 // is serialised by one process-wide (recursive) mutex, shapes_hdf5_mutex(); other code

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/check.h"
+#include "data/shapes.h"
 
 namespace rehyat::train {
 namespace {
@@ -27,19 +28,27 @@ double psnr(const Tensor& a, const Tensor& b) {
   return mse == 0 ? std::numeric_limits<double>::infinity() : 10.0 * std::log10(4.0 / mse);
 }
 
-double trajectory_smoothness(const Tensor& centres) {
+double trajectory_smoothness(const Tensor& centres, bool wrap, int64_t width, int64_t height) {
   REHYAT_CHECK(centres.defined() && centres.dim() == 2 && centres.size(1) == 2,
                "trajectory_smoothness: expected centres [T, 2] (got {})",
                centres.defined() ? centres.str() : "undefined");
+  REHYAT_CHECK(!wrap || (width > 0 && height > 0),
+               "trajectory_smoothness: wrapped centres need the frame's width and height (got {} x {})", width, height);
   const std::vector<double> c = centres.to_vector();  // [T, 2]
   const int64_t frames = centres.size(0);
   auto finite = [&](int64_t t) { return std::isfinite(c[size_t(2 * t)]) && std::isfinite(c[size_t(2 * t + 1)]); };
+  // Second difference at frame t of axis k (0: x, 1: y); on a wrapped axis the change of
+  // step, each step taken the short way round.
+  auto second_difference = [&](int64_t t, int k, int64_t extent) {
+    const double previous = c[size_t(2 * t - 2 + k)], now = c[size_t(2 * t + k)], next = c[size_t(2 * t + 2 + k)];
+    if (!wrap) return next - 2 * now + previous;
+    return data::minimum_image(next - now, double(extent)) - data::minimum_image(now - previous, double(extent));
+  };
   double total = 0;
   int64_t count = 0;
   for (int64_t t = 1; t + 1 < frames; ++t) {
     if (!finite(t - 1) || !finite(t) || !finite(t + 1)) continue;
-    const double dx = c[size_t(2 * t + 2)] - 2 * c[size_t(2 * t)] + c[size_t(2 * t - 2)];
-    const double dy = c[size_t(2 * t + 3)] - 2 * c[size_t(2 * t + 1)] + c[size_t(2 * t - 1)];
+    const double dx = second_difference(t, 0, width), dy = second_difference(t, 1, height);
     total += std::hypot(dx, dy);
     ++count;
   }

@@ -2,7 +2,8 @@
 //
 //   psnr                        student vs teacher video on the same noise and prompt;
 //   trajectory_smoothness       of a detected object's centres (data/shapes.h detect_objects):
-//                               constant-velocity motion has zero second differences;
+//                               constant-velocity motion has zero second differences
+//                               (also across the edges of a wrapped video);
 //   chunk_boundary_incoherence  how much more the video changes across ReHyAt chunk
 //                               boundaries than inside chunks (what overlap To should fix):
 //                               about 1 for a coherent video, > 1 when chunks jump.
@@ -23,8 +24,11 @@ double psnr(const Tensor& a, const Tensor& b);
 
 // centres [T, 2] (x, y per frame, NaN where the object was not found): the mean Euclidean
 // norm of c_{t+1} − 2·c_t + c_{t−1} over the frames t whose centre and both neighbours are
-// finite; NaN when there is no such frame (T < 3 or too few detections).
-double trajectory_smoothness(const Tensor& centres);
+// finite; NaN when there is no such frame (T < 3 or too few detections). With wrap the
+// centres are those of a wrapped video (data::ShapesOptions::wrap, detect_objects(video,
+// true)) in a width x height frame: the two steps are taken the short way round, so
+// crossing an edge is no jump.
+double trajectory_smoothness(const Tensor& centres, bool wrap = false, int64_t width = 0, int64_t height = 0);
 
 // video [C, T, H, W], chunk_frames Tc >= 1. With d_t = mean |x_{t+1} − x_t| over (C, H, W)
 // for t = 0 .. T−2, a transition t -> t+1 crosses a chunk boundary when (t+1) % Tc == 0.

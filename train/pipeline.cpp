@@ -788,14 +788,18 @@ class Pipeline {
       double smooth_sum = 0, incoherence_sum = 0;
       int64_t smooth_count = 0, incoherence_count = 0;
       const int64_t n = v.size(0);
+      // Videos of wrapped data cross the frame edges: the detector and the smoothness follow
+      // them across. The held-out file says how its videos were made (the config may have
+      // changed since it was written).
+      const bool wrap = heldout.options().wrap;
       for (int64_t i = 0; i < n; ++i) {
         const Tensor video = v.select(0, i);
-        const data::PromptAgreement a = data::prompt_agreement(video, heldout.objects(i));
+        const data::PromptAgreement a = data::prompt_agreement(video, heldout.objects(i), wrap);
         colours += a.colours_ok;
         motion += a.motion_ok;
         both += a.all_ok;
-        for (const data::ObjectTrack& track : data::detect_objects(video)) {
-          const double s = trajectory_smoothness(track.centres);
+        for (const data::ObjectTrack& track : data::detect_objects(video, wrap)) {
+          const double s = trajectory_smoothness(track.centres, wrap, video.size(3), video.size(2));
           if (std::isfinite(s)) smooth_sum += s, ++smooth_count;
         }
         const double inc = chunk_boundary_incoherence(video, cfg_.attention.chunk_frames);

@@ -58,6 +58,9 @@ void declare_run_config(ConfigSchema& schema) {
       .optional<double>("data.max_speed", ds.max_speed, "fastest object, pixels per frame")
       .optional<int64_t>("data.clear_frames", ds.clear_frames,
                          "frames of motion before the first bounce (frames - 1: none where the path fits)")
+      .optional<bool>("data.wrap", ds.wrap,
+                      "objects wrap around the frame edges (a torus), starts uniform, no bounces: clear_frames "
+                      "is ignored")
       .optional<double>("data.min_size", ds.min_size, "smallest object radius, pixels")
       .optional<double>("data.max_size", ds.max_size, "largest object radius, pixels")
       .optional<bool>("data.gradient_background", ds.gradient_background, "gradient (else plain) backgrounds")
@@ -134,6 +137,7 @@ RunConfig run_config_from(const Config& c) {
   r.shapes.min_speed = c.get<double>("data.min_speed");
   r.shapes.max_speed = c.get<double>("data.max_speed");
   r.shapes.clear_frames = c.get<int64_t>("data.clear_frames");
+  r.shapes.wrap = c.get<bool>("data.wrap");
   r.shapes.min_size = c.get<double>("data.min_size");
   r.shapes.max_size = c.get<double>("data.max_size");
   r.shapes.gradient_background = c.get<bool>("data.gradient_background");

@@ -4,7 +4,8 @@
 // (attention/attention_config.h) it holds one section per stage:
 //
 //   run:      name, out_dir, device (cpu|cuda), compute (f32|bf16), seed
-//   data:     the shapes dataset (SPEC §5): sizes, objects, speeds, how many videos
+//   data:     the shapes dataset (SPEC §5): sizes, objects, speeds, bounces or wrapping, how
+//             many videos
 //   teacher:  train the toy softmax DiT (or `weights:` a Wan-format safetensors instead)
 //   cache:    which teacher activations to store (prompts x seeds x denoising steps)
 //   distill:  block-wise feature-map distillation (only φ trains)

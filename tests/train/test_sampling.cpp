@@ -14,6 +14,7 @@
 #include "autograd/graph.h"
 #include "autograd/ops.h"
 #include "core/config.h"
+#include "data/shapes.h"
 #include "layers/hybrid_core.h"
 #include "layers/layer_test_util.h"
 #include "layers/wan_config.h"
@@ -33,7 +34,9 @@
 namespace rehyat {
 namespace {
 
+using testing::error_message;
 using testing::expect_close;
+using testing::expect_contains;
 using testing::TempDir;
 using train::SamplerOptions;
 
@@ -433,6 +436,41 @@ TEST(EvalMetrics, TrajectorySmoothness) {
   EXPECT_TRUE(std::isnan(train::trajectory_smoothness(centres({{0, 0}, {1, 1}}))));
   EXPECT_TRUE(std::isnan(train::trajectory_smoothness(centres({{0, 0}, {nan, 1}, {2, 2}, {nan, nan}}))));
   EXPECT_THROW(train::trajectory_smoothness(Tensor::zeros({4, 3})), Error);
+}
+
+// A straight path across the edges of a wrapped frame is smooth when read wrapped, where
+// read plainly every crossing is a jump of a frame's width; wrapping hides no acceleration.
+// Detected tracks of rendered wrapped videos (one object, crossing edges) score about 0:
+// below 0.5 px (0.32 measured; the detected centres are off by up to 0.37 px per axis,
+// tests/data/test_shapes.cpp), against 4.8 px read plainly.
+TEST(EvalMetrics, TrajectorySmoothnessAcrossWrappedEdges) {
+  // x = (3 + 1.3 t) mod 16 and y = (10 - 0.7 t) mod 12 cross both edges.
+  std::vector<std::pair<double, double>> straight, accelerating;
+  for (int t = 0; t < 16; ++t)
+    straight.push_back({data::wrap_coordinate(3 + 1.3 * t, 16), data::wrap_coordinate(10 - 0.7 * t, 12)});
+  EXPECT_NEAR(train::trajectory_smoothness(centres(straight), true, 16, 12), 0.0, 1e-5);
+  EXPECT_GT(train::trajectory_smoothness(centres(straight)), 1.0);
+  // c_t = (0.3 t², 0.4 t²) mod (16, 12): second difference (0.6, 0.8), norm 1, at every frame.
+  for (int t = 0; t < 8; ++t)
+    accelerating.push_back({data::wrap_coordinate(0.3 * t * t, 16), data::wrap_coordinate(0.4 * t * t, 12)});
+  EXPECT_NEAR(train::trajectory_smoothness(centres(accelerating), true, 16, 12), 1.0, 1e-5);
+  expect_contains(error_message([&] { train::trajectory_smoothness(centres(straight), true); }),
+                  {"width and height"});
+
+  data::ShapesOptions options;  // 9 frames of 16 x 16
+  options.wrap = true;
+  options.min_objects = options.max_objects = 1;
+  double worst = 0, worst_plain = 0;
+  for (int64_t index = 0; index < 40; ++index) {
+    const data::ShapesSample sample = data::render_shapes_sample(options, 2, index);
+    const std::vector<data::ObjectTrack> tracks = data::detect_objects(sample.video, true);
+    ASSERT_EQ(tracks.size(), 1u) << sample.caption;
+    worst = std::max(worst, train::trajectory_smoothness(tracks[0].centres, true, 16, 16));
+    worst_plain = std::max(worst_plain, train::trajectory_smoothness(tracks[0].centres));
+  }
+  std::printf("detected wrapped tracks: worst smoothness %.3f px (read plainly %.3f px)\n", worst, worst_plain);
+  EXPECT_LT(worst, 0.5);
+  EXPECT_GT(worst_plain, 1.0);
 }
 
 // [3, T, 2, 2] whose pixels move by the given per-transition steps (alternating sign per
