@@ -4,6 +4,11 @@
 # data, sample the 64 held-out prompts, evaluate colour and motion agreement.
 #   bash experiments/teacher_motion/run.sh VARIANT OUT_DIR [more overrides, e.g. teacher.steps=6000]
 # VARIANT: wrap | slow-bounce | no-bounce (the current configs/shapes-h100.yaml data).
+# Two variants at once on two GPUs (nvidia-h200-x2), one build:
+#   BUILD_ONLY=1 bash experiments/teacher_motion/run.sh wrap $OUT/build
+#   SKIP_BUILD=1 CUDA_VISIBLE_DEVICES=0 bash experiments/teacher_motion/run.sh wrap $OUT/wrap &
+#   SKIP_BUILD=1 CUDA_VISIBLE_DEVICES=1 bash experiments/teacher_motion/run.sh slow-bounce $OUT/slow &
+#   wait
 set -u
 variant=${1:?usage: run.sh VARIANT OUT_DIR [overrides...]}
 out=${2:?usage: run.sh VARIANT OUT_DIR [overrides...]}
@@ -16,9 +21,12 @@ case $variant in
 esac
 mkdir -p "$out"
 build=build-motion
-cmake -S . -B $build -G Ninja -DCMAKE_BUILD_TYPE=Release > "$out/cmake.log" 2>&1 || { tail -30 "$out/cmake.log"; exit 1; }
-cmake --build $build -j"$(nproc)" --target rehyat_cli > "$out/build.log" 2>&1 ||
-  { grep -B2 -A12 "error" "$out/build.log" | head -80; exit 1; }
+if [ "${SKIP_BUILD:-0}" != 1 ]; then  # SKIP_BUILD=1: variants run side by side on one build
+  cmake -S . -B $build -G Ninja -DCMAKE_BUILD_TYPE=Release > "$out/cmake.log" 2>&1 || { tail -30 "$out/cmake.log"; exit 1; }
+  cmake --build $build -j"$(nproc)" --target rehyat_cli > "$out/build.log" 2>&1 ||
+    { grep -B2 -A12 "error" "$out/build.log" | head -80; exit 1; }
+fi
+[ "${BUILD_ONLY:-0}" = 1 ] && exit 0
 nvidia-smi -L | tee "$out/device.txt"
 
 runs=runs/teacher-motion
