@@ -134,7 +134,7 @@ namespace {
 struct FeatureMapSaved {
   Tensor xh;      // [H, R, d] the input per head (a view of x in the product dtype)
   Tensor a1, g;   // [H, R, h] first product, act(a1 + b1)
-  Tensor a2;      // [H, R, Dp] second product
+  Tensor a2;      // [H, R, Dp] second product, in the high dtype
   Tensor w1, w2;  // [H, h, d], [H, Dp, h] in the product dtype
   Tensor b1, b2;  // [H, h], [H, Dp] in the high dtype
 };
@@ -169,7 +169,7 @@ Tensor FeatureMap::forward(const Tensor& x) const {
   rehyat::kernels::matmul(s.a1, s.xh, s.w1.transpose(1, 2));
   s.g = Tensor::empty({H, R, h}, product, device);
   kernels::phi_hidden_forward(s.g, s.a1, s.b1, options_.activation);
-  s.a2 = Tensor::empty({H, R, dp}, product, device);
+  s.a2 = Tensor::empty({H, R, dp}, high, device);  // the softplus input stays wide (feature_map_kernels.h)
   rehyat::kernels::matmul(s.a2, s.g, s.w2.transpose(1, 2));
   Tensor phi = Tensor::empty({B, N, H, dp}, high, device);
   kernels::phi_features_forward(phi, s.a2, s.b2, options_.degree);

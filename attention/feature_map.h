@@ -13,8 +13,8 @@
 // (attention/feature_map_kernels.h; the bias gradients are summed inside the maps). φ comes
 // out in the high dtype (f32, or f64 for f64 inputs) because it feeds sums over many keys,
 // and the maps compute in it. The products of a bf16 / f16 model on CUDA run in its compute
-// dtype on tensor cores with fp32 sums (as PyTorch autocast would; weight gradients come out
-// in fp32); elsewhere they run in the high dtype. forward_composite() is the same function
+// dtype on tensor cores with fp32 sums (as PyTorch autocast would; the softplus input and
+// the weight gradients come out in fp32); elsewhere they run in the high dtype. forward_composite() is the same function
 // from autograd primitives, the reference the tests compare against.
 //
 // Initialization (why): φq·φk should start as an approximation of the softmax kernel, so the

@@ -51,6 +51,13 @@ void expect_token_major(const char* op, const Tensor& t, const char* name, const
                t.defined() ? t.str() : "(undefined)");
 }
 
+// a2 comes out of its product in the high dtype (f32 / f64): φ is an exponential-like
+// function of it, so it is not rounded to the product dtype first.
+void expect_high(const char* op, const Tensor& t, const char* name) {
+  REHYAT_CHECK(t.dtype() == DType::F32 || t.dtype() == DType::F64, "{}: {} must be f32 or f64, got {}", op, name,
+               t.str());
+}
+
 void check_degree(const char* op, const Dims& n, int64_t degree) {
   REHYAT_CHECK(degree >= 1 && degree <= 3 && n.cols % degree == 0, "{}: {} features do not split into {} parts", op,
                n.cols, degree);
@@ -94,20 +101,19 @@ void hidden_backward_cpu(G* du, F* db1, const G* dg, const G* a1, const F* b1, c
   }
 }
 
-template <typename G, typename F>
-void features_forward_cpu(F* phi, const G* a2, const F* b2, const Dims& n, int64_t degree) {
-  using A = host_acc<G>;
+template <typename F>
+void features_forward_cpu(F* phi, const F* a2, const F* b2, const Dims& n, int64_t degree) {
   const int64_t part = n.cols / degree;
   for (int64_t r = 0; r < n.rows; ++r)
     for (int64_t h = 0; h < n.heads; ++h)
       for (int64_t c = 0; c < n.cols; ++c) {
-        const A z = A(to_double(a2[(h * n.rows + r) * n.cols + c])) + A(b2[h * n.cols + c]);
-        phi[(r * n.heads + h) * n.cols + c] = F(phi_math::feature(z, int(c / part) + 1));
+        const F z = a2[(h * n.rows + r) * n.cols + c] + b2[h * n.cols + c];
+        phi[(r * n.heads + h) * n.cols + c] = phi_math::feature(z, int(c / part) + 1);
       }
 }
 
 template <typename G, typename F>
-void features_backward_cpu(G* dz, F* db2, const F* dphi, const G* a2, const F* b2, const Dims& n, int64_t degree) {
+void features_backward_cpu(G* dz, F* db2, const F* dphi, const F* a2, const F* b2, const Dims& n, int64_t degree) {
   using A = host_acc<G>;
   const int64_t part = n.cols / degree;
   std::vector<double> sums(size_t(n.cols));
@@ -116,7 +122,7 @@ void features_backward_cpu(G* dz, F* db2, const F* dphi, const G* a2, const F* b
     for (int64_t r = 0; r < n.rows; ++r) {
       const int64_t base = (h * n.rows + r) * n.cols;
       for (int64_t c = 0; c < n.cols; ++c) {
-        const A z = A(to_double(a2[base + c])) + A(b2[h * n.cols + c]);
+        const A z = A(a2[base + c]) + A(b2[h * n.cols + c]);
         const A v = A(dphi[(r * n.heads + h) * n.cols + c]) * phi_math::feature_grad(z, int(c / part) + 1);
         dz[base + c] = from_double<G>(double(v));
         sums[size_t(c)] += double(v);
@@ -161,27 +167,34 @@ void phi_hidden_backward(Tensor& du, Tensor& db1, const Tensor& dg, const Tensor
 void phi_features_forward(Tensor& phi, const Tensor& a2, const Tensor& b2, int64_t degree) {
   const char* op = "phi_features_forward";
   const Dims n = head_major(op, a2, "a2");
+  expect_high(op, a2, "a2");
   check_degree(op, n, degree);
   expect_bias(op, b2, "b2", n, a2);
   expect_token_major(op, phi, "phi", n, a2);
   REHYAT_ROUTE_CUDA(phi, cuda::phi_features_forward(phi, a2, b2, degree));
-  REHYAT_PHI_DISPATCH(a2.dtype(), op,
-                      features_forward_cpu(phi.data<high_t>(), a2.data<scalar_t>(), b2.data<high_t>(), n, degree));
+  if (a2.dtype() == DType::F64)
+    features_forward_cpu(phi.data<double>(), a2.data<double>(), b2.data<double>(), n, degree);
+  else
+    features_forward_cpu(phi.data<float>(), a2.data<float>(), b2.data<float>(), n, degree);
 }
 
 void phi_features_backward(Tensor& dz, Tensor& db2, const Tensor& dphi, const Tensor& a2, const Tensor& b2,
                            int64_t degree) {
   const char* op = "phi_features_backward";
   const Dims n = head_major(op, a2, "a2");
+  expect_high(op, a2, "a2");
   check_degree(op, n, degree);
-  expect_like(op, dz, "dz", a2, "a2");
+  REHYAT_CHECK(dz.defined() && dz.shape() == a2.shape() && dz.device() == a2.device() && dz.is_contiguous() &&
+                   is_floating(dz.dtype()) && high_dtype(dz.dtype()) == a2.dtype(),
+               "{}: dz {} must be contiguous, shaped like a2 {}, in a dtype whose high dtype is a2's", op,
+               dz.defined() ? dz.str() : "(undefined)", a2.str());
   expect_bias(op, b2, "b2", n, a2);
   expect_bias(op, db2, "db2", n, a2);
   expect_token_major(op, dphi, "dphi", n, a2);
   REHYAT_ROUTE_CUDA(dz, cuda::phi_features_backward(dz, db2, dphi, a2, b2, degree));
-  REHYAT_PHI_DISPATCH(a2.dtype(), op,
+  REHYAT_PHI_DISPATCH(dz.dtype(), op,
                       features_backward_cpu(dz.data<scalar_t>(), db2.data<high_t>(), dphi.data<high_t>(),
-                                            a2.data<scalar_t>(), b2.data<high_t>(), n, degree));
+                                            a2.data<high_t>(), b2.data<high_t>(), n, degree));
 }
 
 }  // namespace rehyat::attention::kernels

@@ -7,8 +7,10 @@
 //   token-major [R, H, C] φ and dφ, i.e. [B, N, H, Dp]
 //   bias [H, C]           in the high dtype (f32; f64 for f64 models)
 // Head-major tensors are in the product dtype (bf16 / f16 on CUDA for bf16 / f16 models,
-// else the high dtype); math runs in fp32 (fp64 for f64); φ, dφ and the bias gradients are
-// in the high dtype. Bias gradients are column sums over the R rows, in a fixed order
+// else the high dtype), except a2, the input of the softplus, which its product writes in
+// the high dtype: φ grows like exp(a2), so a bf16 a2 (half an ulp is 0.03 at |a2| = 10)
+// would cost a few percent per feature. Math runs in fp32 (fp64 for f64); φ, dφ and the
+// bias gradients are in the high dtype. Bias gradients are column sums over the R rows, in a fixed order
 // (per-block partial sums, then a sum over the blocks): deterministic on every device.
 #pragma once
 
@@ -24,9 +26,10 @@ void phi_hidden_forward(Tensor& g, const Tensor& a1, const Tensor& b1, FeatureAc
 // du = dg · act'(a1 + b1) (du may be dg itself); db1 = Σ_rows du (before du's rounding).
 void phi_hidden_backward(Tensor& du, Tensor& db1, const Tensor& dg, const Tensor& a1, const Tensor& b1,
                          FeatureActivation act);
-// φ[r, h, c] = softplus(a2[h, r, c] + b2[h, c])^(part(c) + 1), part(c) = c / (C / degree).
+// φ[r, h, c] = softplus(a2[h, r, c] + b2[h, c])^(part(c) + 1), part(c) = c / (C / degree);
+// a2 in the high dtype.
 void phi_features_forward(Tensor& phi, const Tensor& a2, const Tensor& b2, int64_t degree);
-// dz[h, r, c] = dφ[r, h, c] · dφ/dz; db2 = Σ_rows dz.
+// dz[h, r, c] = dφ[r, h, c] · dφ/dz (dz in the product dtype); db2 = Σ_rows dz.
 void phi_features_backward(Tensor& dz, Tensor& db2, const Tensor& dphi, const Tensor& a2, const Tensor& b2,
                            int64_t degree);
 

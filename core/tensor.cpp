@@ -112,7 +112,7 @@ bool Tensor::is_contiguous() const {
   for (int i = dim() - 1; i >= 0; --i) {
     if (shape_[i] == 1) continue;
     if (strides_[i] != expected) return false;
-    expected *= shape_[i];
+    expected *= std::max<int64_t>(shape_[i], 1);  // as contiguous_strides: empty tensors made by empty() qualify
   }
   return true;
 }

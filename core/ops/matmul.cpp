@@ -148,7 +148,7 @@ void matmul(Tensor& c, const Tensor& a_in, const Tensor& b_in, double alpha, dou
   Tensor a = prepare_operand(a_in), b = prepare_operand(b_in);
   REHYAT_ROUTE_CUDA(c, cuda::matmul(c, a, b, alpha, beta));
   if (widening) {  // CPU: the f32 product of the (exactly widened) operands
-    matmul(c, a.to(DType::F32), b.to(DType::F32), alpha, beta);
+    matmul(c, a.detach().to(DType::F32), b.detach().to(DType::F32), alpha, beta);
     return;
   }
 
