@@ -145,6 +145,39 @@ Tensor as_dtype(const Tensor& p, DType dtype) { return p.dtype() == dtype ? p.de
 // Gradient `grad` in dtype `dtype` (the input's).
 Tensor grad_as(const Tensor& grad, DType dtype) { return grad.dtype() == dtype ? grad : grad.to(dtype); }
 
+// The gradients of one feature-map call (inputs x, W1, b1, W2, b2) from dφ [B, N, H, Dp];
+// undefined where the node needs none.
+std::vector<Tensor> feature_map_backward(const FeatureMapSaved& s, const FeatureMapOptions& o, int64_t B, int64_t N,
+                                         const Tensor& grad, const Node& node) {
+  const int64_t H = o.heads, d = o.head_dim, h = o.hidden(), dp = o.features(), R = B * N;
+  const DType product = s.a1.dtype(), high = s.b1.dtype();
+  const Device device = s.a1.device();
+  std::vector<Tensor> grads(5);
+  // grads[i] = a @ b in the high dtype (weight gradients: fp32 out of bf16 products).
+  auto weight_grad = [&](size_t i, const Tensor& a, const Tensor& b, const Shape& shape) {
+    Tensor w = Tensor::empty(shape, high, device);
+    rehyat::kernels::matmul(w, a, b);
+    grads[i] = grad_as(w, node.input_dtypes[i]);
+  };
+  Tensor dz = Tensor::empty({H, R, dp}, product, device), db2 = Tensor::empty({H, dp}, high, device);
+  kernels::phi_features_backward(dz, db2, grad_as(grad, high).contiguous(), s.a2, s.b2, o.degree);
+  if (node.needs_grad(3)) weight_grad(3, dz.transpose(1, 2), s.g, {H, dp, h});
+  if (node.needs_grad(4)) grads[4] = grad_as(db2, node.input_dtypes[4]);
+  if (!node.needs_grad(0) && !node.needs_grad(1) && !node.needs_grad(2)) return grads;
+  Tensor du = Tensor::empty({H, R, h}, product, device), db1 = Tensor::empty({H, h}, high, device);
+  rehyat::kernels::matmul(du, dz, s.w2);
+  kernels::phi_hidden_backward(du, db1, du, s.a1, s.b1, o.activation);  // in place: du = dg * act'
+  if (node.needs_grad(1)) weight_grad(1, du.transpose(1, 2), s.xh, {H, h, d});
+  if (node.needs_grad(2)) grads[2] = grad_as(db1, node.input_dtypes[2]);
+  if (node.needs_grad(0)) {
+    Tensor dxh = Tensor::empty({H, R, d}, product, device);
+    rehyat::kernels::matmul(dxh, du, s.w1);
+    grads[0] = Tensor::empty({B, N, H, d}, node.input_dtypes[0], device);
+    rehyat::kernels::copy(grads[0], dxh.view({H, B, N, d}).permute({1, 2, 0, 3}));
+  }
+  return grads;
+}
+
 }  // namespace
 
 Tensor FeatureMap::forward(const Tensor& x) const {
@@ -175,42 +208,9 @@ Tensor FeatureMap::forward(const Tensor& x) const {
   kernels::phi_features_forward(phi, s.a2, s.b2, options_.degree);
 
   if (autograd::should_record({&x, &weight1, &bias1, &weight2, &bias2})) {
-    const FeatureMapOptions o = options_;
     autograd::record("feature_map", phi, {x, weight1, bias1, weight2, bias2},
-                     [s, o, B, N](const Tensor& grad, const Node& node) {
-                       const int64_t H = o.heads, d = o.head_dim, h = o.hidden(), dp = o.features(), R = B * N;
-                       const DType product = s.a1.dtype(), high = s.b1.dtype();
-                       const Device device = s.a1.device();
-                       std::vector<Tensor> grads(5);
-                       const Tensor dphi = grad_as(grad, high).contiguous();
-                       Tensor dz = Tensor::empty({H, R, dp}, product, device);
-                       Tensor db2 = Tensor::empty({H, dp}, high, device);
-                       kernels::phi_features_backward(dz, db2, dphi, s.a2, s.b2, o.degree);
-                       if (node.needs_grad(3)) {
-                         Tensor dw2 = Tensor::empty({H, dp, h}, high, device);
-                         rehyat::kernels::matmul(dw2, dz.transpose(1, 2), s.g);
-                         grads[3] = grad_as(dw2, node.input_dtypes[3]);
-                       }
-                       if (node.needs_grad(4)) grads[4] = grad_as(db2, node.input_dtypes[4]);
-                       if (!node.needs_grad(0) && !node.needs_grad(1) && !node.needs_grad(2)) return grads;
-                       Tensor du = Tensor::empty({H, R, h}, product, device);
-                       rehyat::kernels::matmul(du, dz, s.w2);
-                       Tensor db1 = Tensor::empty({H, h}, high, device);
-                       kernels::phi_hidden_backward(du, db1, du, s.a1, s.b1, o.activation);
-                       if (node.needs_grad(1)) {
-                         Tensor dw1 = Tensor::empty({H, h, d}, high, device);
-                         rehyat::kernels::matmul(dw1, du.transpose(1, 2), s.xh);
-                         grads[1] = grad_as(dw1, node.input_dtypes[1]);
-                       }
-                       if (node.needs_grad(2)) grads[2] = grad_as(db1, node.input_dtypes[2]);
-                       if (node.needs_grad(0)) {
-                         Tensor dxh = Tensor::empty({H, R, d}, product, device);
-                         rehyat::kernels::matmul(dxh, du, s.w1);
-                         Tensor dx = Tensor::empty({B, N, H, d}, node.input_dtypes[0], device);
-                         rehyat::kernels::copy(dx, dxh.view({H, B, N, d}).permute({1, 2, 0, 3}));
-                         grads[0] = dx;
-                       }
-                       return grads;
+                     [s, o = options_, B, N](const Tensor& grad, const Node& node) {
+                       return feature_map_backward(s, o, B, N, grad, node);
                      });
   }
   return phi;

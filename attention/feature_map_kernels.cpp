@@ -81,24 +81,33 @@ void hidden_forward_cpu(G* g, const G* a1, const F* b1, const Dims& n, FeatureAc
     }
 }
 
+// out[h, r, c] = value(h, r, i) with i = (h R + r) C + c, rounded to G; bias_grad[h, c] =
+// Σ_r value (unrounded, summed in f64). value reads its inputs at i before out[i] is
+// written, so out may be one of them.
+template <typename G, typename F, typename Value>
+void map_with_column_sums(G* out, F* bias_grad, const Dims& n, Value&& value) {
+  std::vector<double> sums(size_t(n.cols));
+  for (int64_t h = 0; h < n.heads; ++h) {
+    std::fill(sums.begin(), sums.end(), 0.0);
+    for (int64_t r = 0; r < n.rows; ++r)
+      for (int64_t c = 0; c < n.cols; ++c) {
+        const int64_t i = (h * n.rows + r) * n.cols + c;
+        const double v = double(value(h, r, c, i));
+        out[i] = from_double<G>(v);
+        sums[size_t(c)] += v;
+      }
+    for (int64_t c = 0; c < n.cols; ++c) bias_grad[h * n.cols + c] = F(sums[size_t(c)]);
+  }
+}
+
 template <typename G, typename F>
 void hidden_backward_cpu(G* du, F* db1, const G* dg, const G* a1, const F* b1, const Dims& n,
                          FeatureActivation act) {
   using A = host_acc<G>;
-  std::vector<double> sums(size_t(n.cols));
-  for (int64_t h = 0; h < n.heads; ++h) {
-    std::fill(sums.begin(), sums.end(), 0.0);
-    for (int64_t r = 0; r < n.rows; ++r) {
-      const int64_t base = (h * n.rows + r) * n.cols;
-      for (int64_t c = 0; c < n.cols; ++c) {
-        const A u = A(to_double(a1[base + c])) + A(b1[h * n.cols + c]);
-        const A v = A(to_double(dg[base + c])) * phi_math::activation_grad(act, u);
-        du[base + c] = from_double<G>(double(v));
-        sums[size_t(c)] += double(v);
-      }
-    }
-    for (int64_t c = 0; c < n.cols; ++c) db1[h * n.cols + c] = F(sums[size_t(c)]);
-  }
+  map_with_column_sums(du, db1, n, [&](int64_t h, int64_t, int64_t c, int64_t i) {
+    const A u = A(to_double(a1[i])) + A(b1[h * n.cols + c]);
+    return A(to_double(dg[i])) * phi_math::activation_grad(act, u);
+  });
 }
 
 template <typename F>
@@ -116,20 +125,10 @@ template <typename G, typename F>
 void features_backward_cpu(G* dz, F* db2, const F* dphi, const F* a2, const F* b2, const Dims& n, int64_t degree) {
   using A = host_acc<G>;
   const int64_t part = n.cols / degree;
-  std::vector<double> sums(size_t(n.cols));
-  for (int64_t h = 0; h < n.heads; ++h) {
-    std::fill(sums.begin(), sums.end(), 0.0);
-    for (int64_t r = 0; r < n.rows; ++r) {
-      const int64_t base = (h * n.rows + r) * n.cols;
-      for (int64_t c = 0; c < n.cols; ++c) {
-        const A z = A(a2[base + c]) + A(b2[h * n.cols + c]);
-        const A v = A(dphi[(r * n.heads + h) * n.cols + c]) * phi_math::feature_grad(z, int(c / part) + 1);
-        dz[base + c] = from_double<G>(double(v));
-        sums[size_t(c)] += double(v);
-      }
-    }
-    for (int64_t c = 0; c < n.cols; ++c) db2[h * n.cols + c] = F(sums[size_t(c)]);
-  }
+  map_with_column_sums(dz, db2, n, [&](int64_t h, int64_t r, int64_t c, int64_t i) {
+    const A z = A(a2[i]) + A(b2[h * n.cols + c]);
+    return A(dphi[(r * n.heads + h) * n.cols + c]) * phi_math::feature_grad(z, int(c / part) + 1);
+  });
 }
 
 // Binds scalar_t to the product dtype's host type and `high_t` to float or double.

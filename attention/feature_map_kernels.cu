@@ -130,15 +130,20 @@ __global__ void column_sum_kernel(F* __restrict__ out, const F* __restrict__ par
   out[i] = F(sum);
 }
 
-// Partial sums of a backward map: [H, row blocks, C] scratch in the high dtype.
-Tensor partial_sums(const Dims& n, const ColumnLaunch& launch, const Tensor& bias_grad) {
-  return Tensor::empty({n.heads, launch.row_blocks, n.cols}, bias_grad.dtype(), bias_grad.device());
-}
-
-template <typename F>
-void sum_partials(Tensor& out, const Tensor& partial, const ColumnLaunch& launch, const Dims& n, cudaStream_t stream) {
+// A backward map and its bias gradient: launch(l, partial, stream) runs the map over the
+// rows (when there are any), writing [H, row blocks, C] partial sums into scratch in the
+// high dtype F; their sum over the row blocks, in order, is assigned to bias_grad.
+template <typename F, typename Launch>
+void map_with_column_sums(Tensor& bias_grad, const Dims& n, Launch&& launch) {
+  const ColumnLaunch l = column_launch(n);
+  const cudaStream_t stream = rehyat::cuda::stream(bias_grad.device());
+  Tensor partial = Tensor::empty({n.heads, l.row_blocks, n.cols}, bias_grad.dtype(), bias_grad.device());
+  if (n.rows > 0) {
+    launch(l, ptr<F>(partial), stream);
+    CUDA_CHECK_LAUNCH();
+  }
   column_sum_kernel<F><<<unsigned(ceil_div(n.heads * n.cols, 256)), 256, 0, stream>>>(
-      ptr<F>(out), ptr<const F>(partial), launch.row_blocks, n.heads, n.cols);
+      ptr<F>(bias_grad), ptr<const F>(partial), l.row_blocks, n.heads, n.cols);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -167,17 +172,12 @@ void phi_hidden_backward(Tensor& du, Tensor& db1, const Tensor& dg, const Tensor
                          FeatureActivation act) {
   const Dims n = dims_of(a1);
   if (n.heads * n.cols == 0) return;
-  const ColumnLaunch l = column_launch(n);
-  const cudaStream_t stream = rehyat::cuda::stream(du.device());
-  Tensor partial = partial_sums(n, l, db1);
   REHYAT_PHI_CUDA_DISPATCH(a1.dtype(), "phi_hidden_backward", {
-    if (n.rows > 0) {
+    map_with_column_sums<high_t>(db1, n, [&](const ColumnLaunch& l, high_t* partial, cudaStream_t stream) {
       hidden_backward_kernel<scalar_t, high_t><<<l.grid, l.block, 0, stream>>>(
-          ptr<scalar_t>(du), ptr<high_t>(partial), ptr<const scalar_t>(dg), ptr<const scalar_t>(a1),
-          ptr<const high_t>(b1), n.rows, n.cols, l.rows, act);
-      CUDA_CHECK_LAUNCH();
-    }
-    sum_partials<high_t>(db1, partial, l, n, stream);
+          ptr<scalar_t>(du), partial, ptr<const scalar_t>(dg), ptr<const scalar_t>(a1), ptr<const high_t>(b1), n.rows,
+          n.cols, l.rows, act);
+    });
   });
 }
 
@@ -202,17 +202,12 @@ void phi_features_backward(Tensor& dz, Tensor& db2, const Tensor& dphi, const Te
                            int64_t degree) {
   const Dims n = dims_of(a2);
   if (n.heads * n.cols == 0) return;
-  const ColumnLaunch l = column_launch(n);
-  const cudaStream_t stream = rehyat::cuda::stream(dz.device());
-  Tensor partial = partial_sums(n, l, db2);
   REHYAT_PHI_CUDA_DISPATCH(dz.dtype(), "phi_features_backward", {
-    if (n.rows > 0) {
+    map_with_column_sums<high_t>(db2, n, [&](const ColumnLaunch& l, high_t* partial, cudaStream_t stream) {
       features_backward_kernel<scalar_t, high_t><<<l.grid, l.block, 0, stream>>>(
-          ptr<scalar_t>(dz), ptr<high_t>(partial), ptr<const high_t>(dphi), ptr<const high_t>(a2),
-          ptr<const high_t>(b2), n.rows, n.heads, n.cols, n.cols / degree, l.rows);
-      CUDA_CHECK_LAUNCH();
-    }
-    sum_partials<high_t>(db2, partial, l, n, stream);
+          ptr<scalar_t>(dz), partial, ptr<const high_t>(dphi), ptr<const high_t>(a2), ptr<const high_t>(b2), n.rows,
+          n.heads, n.cols, n.cols / degree, l.rows);
+    });
   });
 }
 
