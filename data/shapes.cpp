@@ -357,6 +357,43 @@ double circular_centroid(const std::vector<double>& mass) {
   return wrap_coordinate(around + offset / total, extent);
 }
 
+// Pixels in the largest 4-connected group of `member` [H, W] (neighbours across the edges
+// when wrapped).
+int64_t largest_group(const std::vector<uint8_t>& member, int64_t H, int64_t W, bool wrap) {
+  std::vector<uint8_t> seen(member.size(), 0);
+  std::vector<int64_t> stack;
+  int64_t largest = 0;
+  for (int64_t start = 0; start < H * W; ++start) {
+    if (!member[size_t(start)] || seen[size_t(start)]) continue;
+    int64_t size = 0;
+    seen[size_t(start)] = 1;
+    stack.assign(1, start);
+    while (!stack.empty()) {
+      const int64_t p = stack.back();
+      stack.pop_back();
+      ++size;
+      const int64_t i = p / W, j = p % W;
+      const int64_t di[] = {-1, 1, 0, 0}, dj[] = {0, 0, -1, 1};
+      for (int k = 0; k < 4; ++k) {
+        int64_t ni = i + di[k], nj = j + dj[k];
+        if (wrap) {
+          ni = (ni + H) % H;
+          nj = (nj + W) % W;
+        } else if (ni < 0 || ni >= H || nj < 0 || nj >= W) {
+          continue;
+        }
+        const int64_t q = ni * W + nj;
+        if (member[size_t(q)] && !seen[size_t(q)]) {
+          seen[size_t(q)] = 1;
+          stack.push_back(q);
+        }
+      }
+    }
+    largest = std::max(largest, size);
+  }
+  return largest;
+}
+
 }  // namespace
 
 std::vector<ObjectTrack> detect_objects(const Tensor& video, bool wrap) {
@@ -372,9 +409,11 @@ std::vector<ObjectTrack> detect_objects(const Tensor& video, bool wrap) {
     ObjectTrack track{Colour(c), Tensor::full({T, 2}, std::numeric_limits<double>::quiet_NaN()), 0};
     float* centres = track.centres.data<float>();  // [T, 2]
     std::vector<double> column_mass, row_mass;      // [W], [H] membership per column / row (wrap)
+    std::vector<uint8_t> member(size_t(H * W));
     for (int64_t t = 0; t < T; ++t) {
       double weight = 0, wx = 0, wy = 0;
       int64_t members = 0;
+      std::fill(member.begin(), member.end(), 0);
       if (wrap) {
         column_mass.assign(size_t(W), 0.0);
         row_mass.assign(size_t(H), 0.0);
@@ -387,6 +426,7 @@ std::vector<ObjectTrack> detect_objects(const Tensor& video, bool wrap) {
           if (distance >= kDetectorColourDistance) continue;
           const double membership = 1.0 - distance / kDetectorColourDistance;
           ++members;
+          member[size_t(i * W + j)] = 1;
           weight += membership;
           if (wrap) {
             column_mass[size_t(j)] += membership;
@@ -396,7 +436,9 @@ std::vector<ObjectTrack> detect_objects(const Tensor& video, bool wrap) {
           wx += membership * (double(j) + 0.5);
           wy += membership * (double(i) + 0.5);
         }
-      if (members < kDetectorMinPixels) continue;
+      // An object is a blob: noise (an untrained model's output, say) has pixels of every
+      // colour, but scattered.
+      if (members < kDetectorMinPixels || largest_group(member, H, W, wrap) < kDetectorMinPixels) continue;
       centres[t * 2] = float(wrap ? circular_centroid(column_mass) : wx / weight);
       centres[t * 2 + 1] = float(wrap ? circular_centroid(row_mass) : wy / weight);
       ++track.found_frames;

@@ -116,8 +116,9 @@ std::string shapes_caption(const std::vector<ShapeObject>& objects);
 // --- detector -------------------------------------------------------------------------
 // A pixel belongs to a palette colour when its RGB distance to it is below
 // kDetectorColourDistance (membership falls linearly from 1 at the colour to 0 there); a
-// colour is found in a frame when at least kDetectorMinPixels pixels belong to it, and its
-// centre is the membership-weighted centroid. A colour is present in a video when it is
+// colour is found in a frame when at least kDetectorMinPixels of its pixels touch each other
+// (4-connected; scattered pixels, as in noise, do not make an object), and its centre is
+// the membership-weighted centroid of all its pixels. A colour is present in a video when it is
 // found in at least half of the frames. Tolerates Gaussian noise of std ~0.1 per channel.
 //
 // `wrap` says the video was rendered with ShapesOptions::wrap (the default false keeps

@@ -429,6 +429,25 @@ TEST(Shapes, DetectorRejectsWrongCaptions) {
   EXPECT_FALSE(motion_direction(still).has_value());
 }
 
+// Noise has pixels near every palette colour (about 3% of N(0, 1) pixels are within the
+// colour distance of red), but scattered: no objects are found in it, so an untrained
+// model's output does not pass the colour check. Rendered objects still are (tests above).
+TEST(Shapes, DetectorFindsNoObjectsInNoise) {
+  for (const Shape& shape : {Shape{3, 13, 32, 32}, Shape{3, 9, 16, 16}})
+    for (double stddev : {0.5, 1.0, 1.5})
+      for (bool wrap : {false, true})
+        for (uint64_t seed = 0; seed < 10; ++seed) {
+          const Tensor noise = Tensor::randn(shape, 100 + seed, 0, DType::F32, Device::cpu(), 0.0, stddev);
+          const std::vector<ObjectTrack> tracks = detect_objects(noise, wrap);
+          EXPECT_TRUE(tracks.empty()) << shape_str(shape) << " std " << stddev << " wrap " << wrap << ": found "
+                                      << tracks.size() << " objects, e.g. " << colour_name(tracks[0].colour);
+        }
+  const ShapesOptions options;
+  const ShapesSample sample = render_shapes_sample(options, 6, 0);
+  const Tensor noise = Tensor::randn(sample.video.shape(), 7, 0, DType::F32);
+  EXPECT_FALSE(prompt_agreement(noise, sample.objects).colours_ok);
+}
+
 // Objects whose discs stay apart in frame t (no occlusion to bias the centroid); on a
 // wrapped frame apart the short way round.
 bool apart(const ShapesSample& sample, const ShapesOptions& options, size_t o, int64_t t) {
