@@ -58,7 +58,7 @@ TrainLog::TrainLog(const std::string& jsonl_path, const std::string& label, int6
       start_(Clock::now()),
       last_draw_(start_),
       done_(first_step) {
-  REHYAT_CHECK(total_steps > 0 && first_step >= 0 && first_step <= total_steps,
+  REHYAT_CHECK(total_steps >= 0 && first_step >= 0 && first_step <= total_steps,
                "training log '{}': first step {} outside [0, {}]", jsonl_path, first_step, total_steps);
   if (path_.empty()) return;
   if (std::filesystem::exists(path_)) {
@@ -110,7 +110,7 @@ void TrainLog::draw(bool final_line) {
   last_draw_ = Clock::now();
   const double elapsed = std::chrono::duration<double>(last_draw_ - start_).count();
   const double rate = elapsed > 0 ? double(done_ - first_step_) / elapsed : 0.0;
-  const double fraction = std::min(1.0, double(done_) / double(total_steps_));
+  const double fraction = total_steps_ > 0 ? std::min(1.0, double(done_) / double(total_steps_)) : 1.0;
   const int filled = int(fraction * kBarWidth);
   std::string text = fmt::format("{} [{}{}] {}/{} {:5.1f}% {:.2f} it/s ETA {}", label_, std::string(filled, '#'),
                                  std::string(kBarWidth - filled, '.'), done_, total_steps_, 100.0 * fraction, rate,

@@ -416,6 +416,19 @@ TEST(TrainLog, WritesJsonLinesAndDropsStaleLinesOnResume) {
   EXPECT_TRUE(read_jsonl(path).empty());
 }
 
+// A run of 0 steps (teacher.steps: 0 keeps the initialized model, finetune.steps: 0 the
+// distilled one) logs nothing and finishes; a start past the end is still refused.
+TEST(TrainLog, ZeroStepsFinishWithAnEmptyLog) {
+  TempDir dir;
+  const std::string path = dir.file("metrics.jsonl");
+  {
+    TrainLog log(path, "test", 0);
+    log.finish();
+  }
+  EXPECT_TRUE(read_jsonl(path).empty());
+  EXPECT_THROW(TrainLog(path, "test", 0, 1), Error);
+}
+
 // --- training state -------------------------------------------------------------------------
 
 TrainState sample_state() {
