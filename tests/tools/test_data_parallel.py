@@ -25,6 +25,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from run_files import metrics, safetensors_tensors
+
 ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 
@@ -58,25 +60,12 @@ def run(rehyat_bin, *args, ranks=1, check=True, timeout=600):
     return result
 
 
-def metrics(path: Path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def tensors(path: Path):
-    """name -> raw bytes of every tensor of a safetensors file."""
-    data = path.read_bytes()
-    n = struct.unpack("<Q", data[:8])[0]
-    header = json.loads(data[8:8 + n])
-    body = data[8 + n:]
-    return {k: body[v["data_offsets"][0]:v["data_offsets"][1]] for k, v in header.items() if k != "__metadata__"}
-
-
 def floats(raw: bytes):
     return struct.unpack(f"<{len(raw) // 4}f", raw)
 
 
 def assert_close_models(a: Path, b: Path, rtol):
-    ta, tb = tensors(a), tensors(b)
+    ta, tb = safetensors_tensors(a), safetensors_tensors(b)
     assert ta.keys() == tb.keys()
     worst = 0.0
     for name in ta:
@@ -118,7 +107,7 @@ def test_sharded_optimizer_is_bit_identical(rehyat_bin, tmp_path):
     assert "optimizer state sharded" in result.stderr
     untimed = lambda rows: [dict(r, time=0) for r in rows]  # noqa: E731
     assert untimed(metrics(teacher_dir(plain) / "metrics.jsonl")) == untimed(metrics(teacher_dir(sharded) / "metrics.jsonl"))
-    assert tensors(teacher_dir(plain) / "model.safetensors") == tensors(teacher_dir(sharded) / "model.safetensors")
+    assert safetensors_tensors(teacher_dir(plain) / "model.safetensors") == safetensors_tensors(teacher_dir(sharded) / "model.safetensors")
 
 
 def test_two_rank_checkpoint_resumes_on_one_rank(rehyat_bin, tmp_path):
@@ -159,7 +148,7 @@ def test_block_parallel_distillation(rehyat_bin, tmp_path):
     d = {k: v / "quickstart" / "distill" for k, v in runs.items() if not k.endswith(".log")}
     # Two blocks over two ranks: each block alone on its rank, as in one process.
     assert "distill: 2 blocks spread over 2 ranks" in runs["two.log"]
-    assert tensors(d["one"] / "model.safetensors") == tensors(d["two"] / "model.safetensors")
+    assert safetensors_tensors(d["one"] / "model.safetensors") == safetensors_tensors(d["two"] / "model.safetensors")
     assert json.loads((d["one"] / "errors.json").read_text()) == json.loads((d["two"] / "errors.json").read_text())
     for e in json.loads((d["two"] / "errors.json").read_text())["blocks"].values():
         assert e["after"] < e["before"]

@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import signal
-import struct
 import subprocess
 import time
 from pathlib import Path
@@ -23,6 +22,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+
+from run_files import metrics, safetensors_tensors
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
@@ -55,19 +56,6 @@ def kill_after(rehyat_bin, args, marker: Path, timeout=300):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
-
-
-def safetensors_tensors(path: Path):
-    """name -> raw bytes of every tensor (metadata excluded: it may carry times)."""
-    data = path.read_bytes()
-    n = struct.unpack("<Q", data[:8])[0]
-    header = json.loads(data[8:8 + n])
-    body = data[8 + n:]
-    return {k: body[v["data_offsets"][0]:v["data_offsets"][1]] for k, v in header.items() if k != "__metadata__"}
-
-
-def metrics(path: Path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def without_time(rows):
